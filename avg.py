@@ -306,12 +306,16 @@ class AVG(nn.Module):
         self.register_buffer("metrics", torch.zeros(6, dtype=torch.float64))
 
     def normalize(self, raw_obs):
-        """Adds the observation to the running statistics, then normalises it (SPEC.md 2)."""
+        """Adds the observation to the running statistics, then normalises it (SPEC.md 2). Until there are two
+        samples the statistics are the prior, mean 0 and variance 1: normalising the first observation by its
+        own mean would make it exactly zero, and so the actor's first features, where the gradient of the
+        penultimate normalisation is unbounded (it inflated Adam's second moments for ~50k steps)."""
         if not self.obs_norm:
             return raw_obs.float()
         x = raw_obs.double()
         self.obs_stats.update(x)
-        return ((x - self.obs_stats.mean) / (self.obs_stats.var() + 1e-8).sqrt()).float()
+        mean = torch.where(self.obs_stats.count > 1, self.obs_stats.mean, 0.0)
+        return ((x - mean) / (self.obs_stats.var() + 1e-8).sqrt()).float()
 
     def act(self, obs, noise):
         """The action for the environment (rescaled from [-1, 1] to its bounds) and log pi(A|S)."""
@@ -380,10 +384,26 @@ def compile_step(learner, example_inputs):
         graph = make_fx(step)(*[t.clone() for t in state], *example_inputs)
     finally:
         Linear.fused = False
-    with inductor_config.patch(cpp_wrapper=True, memory_planning=True):
+    with inductor_config.patch(cpp_wrapper=True, memory_planning=True, compile_threads=1):
         compiled = torch._inductor.standalone_compile(graph, [*state, *example_inputs],
                                                       dynamic_shapes="from_example_inputs")
     return lambda *inputs: compiled(*state, *inputs)
+
+
+def compile_or_fall_back(learner, example_inputs, args, writer):
+    print("compiling the update (once; cached on disk for later runs)...")
+    t0 = time.perf_counter()
+    try:
+        step = compile_step(learner, example_inputs)
+    except Exception as e:  # no C++ compiler, an unsupported torch version, ...
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        if args.compile == "on":
+            raise RunError(f"compiling the update failed ({reason}); run with --compile off") from None
+        print(f"warning: compiling the update failed ({reason}); continuing uncompiled", file=sys.stderr)
+        return learner
+    print(f"compiled the update in {time.perf_counter() - t0:.1f} s")
+    writer.add_scalar("charts/compile_seconds", time.perf_counter() - t0)
+    return step
 
 
 # -------------------------------------------------------------------------------------------------- run
@@ -575,12 +595,8 @@ def main(args):
                 inputs = (obs, noise, log_prob, torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64)),
                           reward_t, terminated_t, noises)
                 if needs_compiling:
-                    print("compiling the update (once; cached for later runs)...")
-                    t0 = time.perf_counter()
-                    step_fn = compile_step(agent, inputs)
-                    print(f"compiled the update in {time.perf_counter() - t0:.1f} s")
-                    writer.add_scalar("charts/compile_seconds", time.perf_counter() - t0, global_step)
-                    needs_compiling, log_time, log_step = False, time.time(), global_step
+                    step_fn = compile_or_fall_back(agent, inputs, args, writer)
+                    needs_compiling, log_time, log_step = False, time.time(), global_step - 1
                 t0 = time.perf_counter()
                 next_action, next_log_prob, next_obs, ok = step_fn(*inputs)
                 update_time += time.perf_counter() - t0

@@ -1,0 +1,246 @@
+"""avg.py, piece by piece, against independent computations (numpy, torch.distributions, torch.optim,
+a plain-autograd AVG update), and the compiled update against the eager one."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import avg
+
+
+def make_args(**overrides):
+    args = avg.Args(env="Hopper-v4", **overrides)
+    avg.resolve_hyperparams(args)
+    return args
+
+
+def make_learner(obs_dim=5, act_dim=2, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return avg.AVG(obs_dim, np.full(act_dim, -2.0), np.full(act_dim, 3.0), make_args(**overrides))
+
+
+def random_transitions(n, obs_dim=5, act_dim=2, seed=1, terminal_every=7):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(obs_dim, generator=g, dtype=torch.float64) * 3 + 1, torch.randn((), generator=g),
+             torch.tensor(float(i % terminal_every == terminal_every - 1)), torch.randn(2, act_dim, generator=g))
+            for i in range(n)]
+
+
+def test_hyperparams_follow_the_paper_table_and_user_overrides():
+    args = avg.Args(env="Walker2d-v5", actor_lr=1e-3)
+    avg.resolve_hyperparams(args)
+    assert (args.actor_lr, args.critic_lr, args.beta1, args.entropy_coef, args.gamma) == (1e-3, 7.7e-5, 0.0, 0.3, 0.99)
+    args = avg.Args(env="Pendulum-v1")
+    assert "defaults" in avg.resolve_hyperparams(args)
+    assert args.actor_lr == 6.3e-3
+
+
+def test_running_mean_var_matches_numpy():
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(500, 4))
+    stats = avg.RunningMeanVar((4,))
+    assert torch.equal(stats.var(), torch.ones(4, dtype=torch.float64))  # no samples yet
+    for row in x:
+        stats.update(torch.from_numpy(row))
+    np.testing.assert_allclose(stats.mean.numpy(), x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.var().numpy(), x.var(0, ddof=1), rtol=1e-10)
+
+
+def test_observation_normalisation_includes_the_current_observation():
+    learner = make_learner(obs_dim=3)
+    xs = np.random.default_rng(1).normal(5, 3, size=(50, 3))
+    for i, row in enumerate(xs):
+        out = learner.normalize(torch.from_numpy(row))
+    expected = (xs[-1] - xs.mean(0)) / np.sqrt(xs.var(0, ddof=1) + 1e-8)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5)
+    first = make_learner(obs_dim=3).normalize(torch.from_numpy(xs[0]))
+    torch.testing.assert_close(first, torch.from_numpy(xs[0]).float())  # one sample: the prior N(0, 1)
+
+
+def test_first_update_has_moderate_gradients():
+    """A zero first observation would zero the actor's features, where unit-norm scaling has an unbounded
+    gradient; the first update must leave Adam's second moments at ordinary sizes."""
+    learner = make_learner()
+    raw, r, term, noises = random_transitions(1)[0]
+    obs = learner.normalize(torch.randn(5, dtype=torch.float64) * 3 + 1)
+    learner(obs, torch.zeros(2), torch.zeros(()), raw, r, term, noises)
+    largest = max(v.max().item() for v in [*learner.actor_opt.exp_avg_sq.parameters(),
+                                            *learner.critic_opt.exp_avg_sq.parameters()])
+    assert largest < 1.0
+
+
+def test_td_error_scaler_matches_numpy():
+    rng = np.random.default_rng(2)
+    scaler = avg.TDErrorScaler()
+    rewards, discounts, returns, ret = [], [], [], 0.0
+    assert scaler.sigma().item() == 1.0
+    for episode in range(6):
+        length = rng.integers(3, 9)
+        for t in range(length):
+            r, d = rng.normal(), 0.0 if (t == length - 1 and episode % 2) else 0.99
+            scaler.update(torch.tensor([r], dtype=torch.float64), torch.tensor([d], dtype=torch.float64))
+            rewards.append(r), discounts.append(d)
+            ret += r
+        assert scaler.sigma().item() == 1.0 or episode > 0  # unscaled until the first return
+        scaler.end_episode()
+        returns.append(ret)
+        ret = 0.0
+    expected = math.sqrt(np.var(rewards, ddof=1) + np.var(discounts, ddof=1) * np.mean(np.square(returns)))
+    assert scaler.sigma().item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["penultimate", "layer", "rms", "none"])
+def test_feature_norms_match_numpy(kind):
+    h = np.random.default_rng(3).normal(size=(4, 16)).astype(np.float32)
+    out = avg.FeatureNorm(kind)(torch.from_numpy(h)).numpy()
+    expected = {"penultimate": h / np.linalg.norm(h, axis=-1, keepdims=True),
+                "layer": (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5),
+                "rms": h / np.sqrt(np.mean(h ** 2, -1, keepdims=True) + np.finfo(np.float32).eps),
+                "none": h}[kind]
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_actor_log_prob_matches_torch_distributions():
+    torch.manual_seed(0)
+    actor = avg.Actor(6, 3, 32, "penultimate")
+    obs, noise = torch.randn(10, 6), torch.randn(10, 3)
+    action, log_prob = actor(obs, noise)
+    features = actor.trunk(obs)
+    mu, std = actor.mu(features), actor.log_std(features).clamp(-20, 2).exp()
+    dist = torch.distributions.TransformedDistribution(torch.distributions.Normal(mu, std),
+                                                       [torch.distributions.TanhTransform()])
+    expected_action = torch.tanh(mu + std * noise)
+    torch.testing.assert_close(action, expected_action)
+    torch.testing.assert_close(log_prob, dist.log_prob(expected_action.clamp(-1 + 1e-6, 1 - 1e-6)).sum(-1),
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_networks_use_orthogonal_weights_and_zero_biases():
+    critic = avg.Critic(7, 2, 64, "penultimate")
+    w = critic.trunk[2].weight
+    torch.testing.assert_close(w @ w.T, torch.eye(64), atol=1e-5, rtol=0)
+    assert all(not p.requires_grad for p in critic.parameters())
+    assert all(torch.all(m.bias == 0) for m in critic.modules() if isinstance(m, torch.nn.Linear))
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.9])
+def test_adam_matches_torch_optim(beta1):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    reference = copy.deepcopy(net)
+    params = dict(net.named_parameters())
+    net.requires_grad_(False)
+    ours = avg.Adam(net, lr=1e-2, betas=(beta1, 0.999))
+    torch_adam = torch.optim.Adam(reference.parameters(), lr=1e-2, betas=(beta1, 0.999))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        grads = {k: torch.randn(p.shape, generator=g) for k, p in params.items()}
+        ours.step(params, grads, torch.tensor(True))
+        for (k, p) in reference.named_parameters():
+            p.grad = grads[k].clone()
+        torch_adam.step()
+    for k, p in reference.named_parameters():
+        torch.testing.assert_close(params[k], p.detach(), rtol=1e-5, atol=1e-7)
+    before = {k: p.clone() for k, p in params.items()}
+    ours.step(params, {k: torch.full_like(p, float("nan")) for k, p in params.items()}, torch.tensor(False))
+    assert all(torch.equal(before[k], params[k]) for k in params)  # masked: nothing changes
+
+
+def reference_update(learner, obs, noise, raw_next_obs, reward, terminated, noises, sigma):
+    """One AVG update written the usual way: modules, .backward(), torch.optim.Adam (SPEC.md 1)."""
+    actor, critic = copy.deepcopy(learner.actor).requires_grad_(True), copy.deepcopy(learner.critic).requires_grad_(True)
+    optimizers = []
+    for net, ours in [(actor, learner.actor_opt), (critic, learner.critic_opt)]:
+        opt = torch.optim.Adam(net.parameters(), lr=ours.lr, betas=(ours.beta1, 0.999))
+        steps = round(math.log(ours.beta2_power.item()) / math.log(0.999))
+        for p, v in zip(net.parameters(), ours.exp_avg_sq.parameters()):  # continue from our optimiser state
+            opt.state[p] = {"step": torch.tensor(float(steps)), "exp_avg": torch.zeros_like(p), "exp_avg_sq": v.clone()}
+        optimizers.append(opt)
+    actor_opt, critic_opt = optimizers
+    next_obs = learner.normalize(raw_next_obs)
+    action, log_prob = actor(obs, noise)
+    with torch.no_grad():
+        next_action, next_log_prob = actor(next_obs, noises[0])
+        target = reward + learner.gamma * (1 - terminated) * (critic(next_obs, next_action) - learner.eta * next_log_prob)
+    actor_loss = learner.eta * log_prob - critic(obs, action)
+    actor_opt.zero_grad()
+    actor_loss.backward()
+    critic_loss = ((target - critic(obs, action.detach())) / sigma) ** 2
+    critic_opt.zero_grad()
+    critic_loss.backward()
+    actor_opt.step()
+    critic_opt.step()
+    return actor, critic
+
+
+def test_one_avg_update_matches_a_plain_autograd_implementation():
+    learner = make_learner()
+    # a few updates first, so that sigma != 1 and the statistics are non-trivial
+    obs, noise, log_prob = torch.zeros(5), torch.zeros(2), torch.zeros(())
+    for raw, r, term, noises in random_transitions(30):
+        _, log_prob, obs, _ = learner(obs, noise, log_prob, raw, r, term, noises)
+        noise = noises[1]
+        if term:
+            learner.td_scaler.end_episode()
+    raw, r, term, noises = random_transitions(1, seed=9)[0]
+    before = copy.deepcopy(learner)
+    learner.td_scaler.update((r - learner.eta * log_prob).double(), (learner.gamma * (1 - term)).double())
+    sigma = learner.td_scaler.sigma()
+    assert sigma.item() != 1.0
+    actor, critic = reference_update(learner, obs, noise, raw, r, term, noises, sigma)
+    before(obs, noise, log_prob, raw, r, term, noises)
+    for ours, ref in [(before.actor, actor), (before.critic, critic)]:
+        for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q.detach(), rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_target_network_is_polyak_averaged():
+    learner = make_learner(target_tau=0.25)
+    target_before = [p.clone() for p in learner.target.parameters()]
+    raw, r, term, noises = random_transitions(1)[0]
+    learner(torch.zeros(5), torch.zeros(2), torch.zeros(()), raw, r, term, noises)
+    for t0, t1, p in zip(target_before, learner.target.parameters(), learner.critic.parameters()):
+        torch.testing.assert_close(t1, 0.75 * t0 + 0.25 * p)
+    assert make_learner().target is None  # tau = 1: no target network
+
+
+def test_non_finite_reward_leaves_the_networks_untouched():
+    learner = make_learner()
+    before = copy.deepcopy(learner.state_dict())
+    raw, _, term, noises = random_transitions(1)[0]
+    *_, ok = learner(torch.zeros(5), torch.zeros(2), torch.zeros(()), raw, torch.tensor(float("nan")), term, noises)
+    assert not ok
+    for name in ("actor.mu.weight", "critic.q.weight", "actor_opt.exp_avg_sq.trunk.0.weight"):
+        assert torch.equal(before[name], learner.state_dict()[name]), name
+
+
+def test_actions_are_rescaled_to_the_action_bounds():
+    learner = make_learner(act_dim=2)
+    actions = torch.stack([learner.act(torch.randn(5), torch.randn(2) * 5)[0] for _ in range(200)])
+    assert actions.min() >= -2.0 and actions.max() <= 3.0 and actions.max() - actions.min() > 3.0
+
+
+def run_stream(step, learner, transitions):
+    obs, noise, log_prob = torch.zeros(learner.obs_stats.mean.shape[0]), torch.zeros(2), torch.zeros(())
+    for raw, r, term, noises in transitions:
+        action, log_prob, obs, ok = step(obs, noise, log_prob, raw, r, term, noises)
+        noise = noises[1]
+        if term:
+            learner.td_scaler.end_episode()
+    return action
+
+
+def test_compiled_update_matches_eager_over_many_updates():
+    """The compiled step is the same math: after 300 updates on a fixed stream, parameters agree to float32
+    rounding accumulated over the run (rtol 1e-3, atol 1e-5; measured max deviation about 1e-5)."""
+    eager, compiled = make_learner(seed=4), make_learner(seed=4)
+    transitions = random_transitions(300, seed=5)
+    step = avg.compile_step(compiled, (torch.zeros(5), torch.zeros(2), torch.zeros(()), *transitions[0]))
+    a_eager = run_stream(eager, eager, transitions)
+    a_compiled = run_stream(step, compiled, transitions)
+    torch.testing.assert_close(a_compiled, a_eager, rtol=1e-3, atol=1e-4)
+    for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5, msg=name)
+    assert not torch.equal(eager.actor.mu.weight, make_learner(seed=4).actor.mu.weight)  # it did learn
