@@ -360,7 +360,7 @@ class AVG(nn.Module):
         if self.target is not None:
             for target, param in zip(self.target.parameters(), critic_params.values()):
                 target.copy_(torch.where(ok, target.lerp(param, self.tau), target))
-        self.metrics += torch.stack([delta.square(), actor_loss, -entropy, q.abs(), sigma, ok]).double()
+        self.metrics += torch.where(ok, torch.stack([delta.square(), actor_loss, -entropy, q.abs(), sigma, ok]), 0).double()
         next_action, next_log_prob = self.act(next_obs, noises[1])
         return next_action, next_log_prob, next_obs, ok
 
@@ -484,10 +484,23 @@ def load_checkpoint(path):
         raise RunError(f"{path} is not a checkpoint of this project")
     if checkpoint["algo"] != ALGO:
         raise RunError(f"{path} is a {checkpoint['algo']}.py checkpoint, not a {ALGO}.py one")
+    missing = {"args", "obs_dim", "act_dim", "global_step", "episodes", "learner", "rng", "wandb_id"} - set(checkpoint)
+    if missing:
+        raise RunError(f"checkpoint {path} is incomplete (no {', '.join(sorted(missing))})")
     return checkpoint, path
 
 
-def main(args):
+RESUME_OVERRIDES = {"total_timesteps", "checkpoint_every", "keep_checkpoints", "log_every", "track", "on_nonfinite",
+                    "compile", "robot_host", "robot_port", "realtime"}
+
+
+def flags_given(argv):
+    """Names of the Args fields set on the command line (--no-x counts as x)."""
+    names = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return {n[3:] if n.startswith("no_") and n[3:] in Args.__dataclass_fields__ else n for n in names}
+
+
+def main(args, given=frozenset()):
     stop = {"signal": None}
 
     def on_signal(signum, frame):
@@ -498,10 +511,12 @@ def main(args):
     if args.resume:
         checkpoint, path = load_checkpoint(args.resume)
         saved = Args(**checkpoint["args"])
-        for name in ("total_timesteps", "checkpoint_every", "keep_checkpoints", "log_every", "track",
-                     "on_nonfinite", "compile", "robot_host", "robot_port", "realtime"):
-            if getattr(args, name) != getattr(Args(), name):  # set on this command line: it wins
+        for name in given - {"resume"}:  # flags on this command line: run settings apply, the experiment's must match
+            if name in RESUME_OVERRIDES:
                 setattr(saved, name, getattr(args, name))
+            elif getattr(args, name) != getattr(saved, name):
+                raise RunError(f"{path} was trained with --{name.replace('_', '-')} {getattr(saved, name)}, "
+                               f"not {getattr(args, name)}")
         args = saved
         print(f"resuming {args.run_name} from {path} at step {checkpoint['global_step']}")
     validate(args)
@@ -544,7 +559,7 @@ def main(args):
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=args.run_name, id=wandb_id, resume="allow", save_code=True)
     from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(str(run_dir), purge_step=global_step or None)
+    writer = SummaryWriter(str(run_dir), purge_step=global_step + 1 if checkpoint else None)  # hide logs past it
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
                     "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
@@ -552,6 +567,7 @@ def main(args):
     step_fn, needs_compiling = agent, use_compile
 
     def save_checkpoint(mid_episode):
+        writer.flush()  # the logs up to this step are on disk before the checkpoint that follows them
         path = run_dir / "checkpoints" / f"step_{global_step:012d}.pt"
         rng = {"noise": noise_gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                "python": random.getstate(), "env": env.unwrapped.np_random.bit_generator.state}
@@ -586,11 +602,11 @@ def main(args):
             global_step += 1
             episode_return += float(reward)
             episode_length += 1
-            culprit = "reward" if not math.isfinite(reward) else None
+            scalars_np[0], scalars_np[1] = reward, terminated
+            culprit = "reward" if not np.isfinite(scalars_np[0]) else None  # float32, as the learner sees it
             if culprit is None and not np.isfinite(raw_next_obs).all():
                 culprit = "observation"
             if culprit is None:
-                scalars_np[0], scalars_np[1] = reward, terminated
                 noises = torch.randn(2, act_dim, generator=noise_gen)
                 inputs = (obs, noise, log_prob, torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64)),
                           reward_t, terminated_t, noises)
@@ -609,6 +625,16 @@ def main(args):
                                              f"applied and the last good state is saved in {path}")
                     break
                 terminated = terminated or culprit == "observation"  # cannot go on from a NaN state
+            if global_step % args.log_every == 0 and global_step > log_step:
+                means = (agent.metrics[:5] / agent.metrics[5].clamp_min(1)).tolist()
+                agent.metrics.zero_()
+                for tag, value in [*zip(("losses/critic_loss", "losses/actor_loss", "health/entropy",
+                                         "health/abs_q", "health/td_sigma"), means),
+                                   ("charts/update_us", 1e6 * update_time / (global_step - log_step)),
+                                   ("charts/nonfinite_skips", skipped),
+                                   ("charts/SPS", (global_step - log_step) / (time.time() - log_time))]:
+                    writer.add_scalar(tag, value, global_step)
+                log_time, log_step, update_time = time.time(), global_step, 0.0
             if terminated or truncated:
                 agent.td_scaler.end_episode()
                 episodes += 1
@@ -627,18 +653,8 @@ def main(args):
                 obs, noise, action, log_prob = reset()
             else:
                 obs, noise, action, log_prob = next_obs, noises[1], next_action, next_log_prob
-            if global_step % args.log_every == 0 and global_step > log_step:
-                means = (agent.metrics[:5] / agent.metrics[5].clamp_min(1)).tolist()
-                agent.metrics.zero_()
-                for tag, value in [*zip(("losses/critic_loss", "losses/actor_loss", "health/entropy",
-                                         "health/abs_q", "health/td_sigma"), means),
-                                   ("charts/update_us", 1e6 * update_time / (global_step - log_step)),
-                                   ("charts/nonfinite_skips", skipped),
-                                   ("charts/SPS", (global_step - log_step) / (time.time() - log_time))]:
-                    writer.add_scalar(tag, value, global_step)
-                log_time, log_step, update_time = time.time(), global_step, 0.0
             if stop["signal"] is not None:
-                path = save_checkpoint(mid_episode=episode_length > 0)
+                path = save_checkpoint(mid_episode=True)  # the episode in progress is dropped on resume
                 exit_code = 130 if stop["signal"] == signal.SIGINT else 143
                 message = (f"stopped by {signal.Signals(stop['signal']).name} at step {global_step}; "
                            f"resume with --resume {path}")
@@ -665,7 +681,7 @@ def main(args):
 if __name__ == "__main__":
     cli_args = tyro.cli(Args)
     try:
-        sys.exit(main(cli_args))
+        sys.exit(main(cli_args, flags_given(sys.argv[1:])))
     except RunError as e:
         print(f"{ALGO}.py: error: {e}", file=sys.stderr)
         sys.exit(2)

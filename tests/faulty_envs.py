@@ -1,0 +1,49 @@
+"""Small environments that misbehave on purpose, for the scripts' fault handling tests.
+
+Used through gymnasium's "module:EnvId" syntax with tests/ on PYTHONPATH, e.g.
+    python avg.py --env faulty_envs:NanObservation-v0
+"""
+import gymnasium as gym
+import numpy as np
+
+
+class PointEnv(gym.Env):
+    """Move a point towards the origin; `fault` turns step `fault_step` of the run into a bad one."""
+
+    def __init__(self, fault=None, fault_step=50, episode_length=20):
+        self.observation_space = gym.spaces.Box(-10.0, 10.0, (3,), np.float64)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.fault, self.fault_step, self.episode_length = fault, fault_step, episode_length
+        self.steps_taken = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.position = self.np_random.uniform(-1, 1, 2)
+        self.t = 0
+        return self._obs(), {}
+
+    def _obs(self):
+        return np.array([*self.position, self.t / self.episode_length])
+
+    def step(self, action):
+        self.position = np.clip(self.position + 0.1 * np.asarray(action, dtype=np.float64), -5, 5)
+        self.t += 1
+        self.steps_taken += 1
+        obs, reward = self._obs(), -float(np.linalg.norm(self.position))
+        if self.steps_taken == self.fault_step:
+            if self.fault == "nan_observation":
+                obs[0] = np.nan
+            elif self.fault == "nan_reward":
+                reward = float("nan")
+            elif self.fault == "huge_reward":  # finite in Python, infinite in float32
+                reward = 1e39
+            elif self.fault == "huge_observation":  # finite, but without any normalisation the values overflow float32
+                obs[0] = 3e38
+        return obs, reward, False, self.t >= self.episode_length, {}
+
+
+gym.register("NanObservation-v0", entry_point=PointEnv, kwargs={"fault": "nan_observation"})
+gym.register("NanReward-v0", entry_point=PointEnv, kwargs={"fault": "nan_reward"})
+gym.register("HugeReward-v0", entry_point=PointEnv, kwargs={"fault": "huge_reward"})
+gym.register("HugeObservation-v0", entry_point=PointEnv, kwargs={"fault": "huge_observation"})
+gym.register("Point-v0", entry_point=PointEnv)

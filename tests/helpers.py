@@ -1,0 +1,43 @@
+"""Shared helpers for the tests that run the algorithm scripts as a user would (subprocesses)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+def script_env(**extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]),
+               WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    env.update(extra)
+    return env
+
+
+def run_script(script, *args, cwd, timeout=600, **env):
+    """Runs `python <script> args...` in `cwd` and returns the CompletedProcess (text output)."""
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=script_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_script(script, *args, cwd, **env):
+    return subprocess.Popen([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=script_env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def scalars(run_dir):
+    """{tag: [(step, value), ...]} from a run directory's TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def text_tags(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return acc.Tags().get("tensors", [])
