@@ -25,6 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
+import robots  # registers UR5Reacher-v0 and Create2Mover-v0
+
 ALGO = "avg"
 
 
@@ -64,7 +66,7 @@ class Args:
     """Polyak rate of a target critic; 1.0 means no target network (AVG), 0 a frozen one"""
 
     compile: Literal["auto", "on", "off"] = "auto"
-    """compile the per-step update to C++ (takes ~30 s once, cached); auto: on when total-timesteps >= 50000"""
+    """compile the per-step update to C++ (~20 s once, then cached); auto: on when total-timesteps >= 10000"""
     log_every: int = 1000
     """steps between loss / health logs"""
     track: bool = False
@@ -144,6 +146,14 @@ class RunningMeanVar(nn.Module):
 
     def var(self):  # 1 until there are two samples
         return torch.where(self.count > 1, self.m2 / (self.count - 1).clamp_min(1), 1.0)
+
+    def normalize(self, x):
+        """(x - mean) / sqrt(var + 1e-8). Until there are two samples the statistics are the prior, mean 0 and
+        variance 1: normalising a first observation by its own mean would make it exactly zero, and so the
+        actor's first features, where the gradient of the penultimate normalisation is unbounded (in testing
+        it inflated Adam's second moments for ~50k steps)."""
+        mean = torch.where(self.count > 1, self.mean, 0.0)
+        return (x - mean) / (self.var() + 1e-8).sqrt()
 
 
 class TDErrorScaler(nn.Module):
@@ -306,16 +316,11 @@ class AVG(nn.Module):
         self.register_buffer("metrics", torch.zeros(6, dtype=torch.float64))
 
     def normalize(self, raw_obs):
-        """Adds the observation to the running statistics, then normalises it (SPEC.md 2). Until there are two
-        samples the statistics are the prior, mean 0 and variance 1: normalising the first observation by its
-        own mean would make it exactly zero, and so the actor's first features, where the gradient of the
-        penultimate normalisation is unbounded (it inflated Adam's second moments for ~50k steps)."""
+        """Adds the observation to the running statistics, then normalises it (SPEC.md 2)."""
         if not self.obs_norm:
             return raw_obs.float()
-        x = raw_obs.double()
-        self.obs_stats.update(x)
-        mean = torch.where(self.obs_stats.count > 1, self.obs_stats.mean, 0.0)
-        return ((x - mean) / (self.obs_stats.var() + 1e-8).sqrt()).float()
+        self.obs_stats.update(raw_obs.double())
+        return self.obs_stats.normalize(raw_obs.double()).float()
 
     def act(self, obs, noise):
         """The action for the environment (rescaled from [-1, 1] to its bounds) and log pi(A|S)."""
@@ -412,8 +417,6 @@ class RunError(Exception):
 
 
 def make_env(args):
-    import robots  # registers UR5Reacher-v0 and Create2Mover-v0
-
     robot_kwargs = {k: v for k, v in [("host", args.robot_host), ("port", args.robot_port),
                                       ("realtime", args.realtime or None)] if v is not None}
     if robot_kwargs and args.env not in robots.ENV_IDS:
@@ -563,7 +566,7 @@ def main(args, given=frozenset()):
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
                     "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
-    use_compile = args.compile == "on" or (args.compile == "auto" and args.total_timesteps >= 50_000)
+    use_compile = args.compile == "on" or (args.compile == "auto" and args.total_timesteps >= 10_000)
     step_fn, needs_compiling = agent, use_compile
 
     def save_checkpoint(mid_episode):
@@ -594,7 +597,8 @@ def main(args, given=frozenset()):
     scalars = torch.zeros(2)  # reward and terminated, written through a numpy view each step
     scalars_np, reward_t, terminated_t = scalars.numpy(), scalars[0], scalars[1]
     episode_return, episode_length, skipped, exit_code, message, recent_returns = 0.0, 0, 0, 0, "", []
-    last_ckpt_step, last_print, log_time, log_step, update_time = global_step, 0.0, time.time(), global_step, 0.0
+    last_ckpt_step, last_print, log_time, log_step = global_step, 0.0, time.time(), global_step
+    update_us, n_updates = np.zeros(args.log_every), 0  # latencies of this log window's updates
     try:
         obs, noise, action, log_prob = reset()
         while global_step < args.total_timesteps:
@@ -615,7 +619,8 @@ def main(args, given=frozenset()):
                     needs_compiling, log_time, log_step = False, time.time(), global_step - 1
                 t0 = time.perf_counter()
                 next_action, next_log_prob, next_obs, ok = step_fn(*inputs)
-                update_time += time.perf_counter() - t0
+                update_us[n_updates % args.log_every] = 1e6 * (time.perf_counter() - t0)
+                n_updates += 1
                 culprit = None if ok else "loss or gradient"
             if culprit is not None:
                 skipped += 1
@@ -630,11 +635,12 @@ def main(args, given=frozenset()):
                 agent.metrics.zero_()
                 for tag, value in [*zip(("losses/critic_loss", "losses/actor_loss", "health/entropy",
                                          "health/abs_q", "health/td_sigma"), means),
-                                   ("charts/update_us", 1e6 * update_time / (global_step - log_step)),
+                                   *zip(("charts/update_us_p50", "charts/update_us_p99", "charts/update_us_max"),
+                                        np.percentile(update_us[:n_updates], [50, 99, 100]) if n_updates else []),
                                    ("charts/nonfinite_skips", skipped),
                                    ("charts/SPS", (global_step - log_step) / (time.time() - log_time))]:
                     writer.add_scalar(tag, value, global_step)
-                log_time, log_step, update_time = time.time(), global_step, 0.0
+                log_time, log_step, n_updates = time.time(), global_step, 0
             if terminated or truncated:
                 agent.td_scaler.end_episode()
                 episodes += 1
@@ -659,6 +665,9 @@ def main(args, given=frozenset()):
                 message = (f"stopped by {signal.Signals(stop['signal']).name} at step {global_step}; "
                            f"resume with --resume {path}")
                 break
+    except robots.RobotError as e:  # the environment has already stopped the robot
+        path = save_checkpoint(mid_episode=True)
+        exit_code, message = 4, f"robot error at step {global_step}: {e}; resume with --resume {path}"
     finally:
         env.close()
         writer.close()
@@ -685,3 +694,6 @@ if __name__ == "__main__":
     except RunError as e:
         print(f"{ALGO}.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except robots.RobotError as e:
+        print(f"{ALGO}.py: robot error: {e}", file=sys.stderr)
+        sys.exit(4)

@@ -21,7 +21,7 @@ def test_a_short_run_logs_what_a_researcher_reads(tmp_path):
     run = tmp_path / "runs" / "e2e"
     tags = scalars(run)
     for tag in ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "losses/actor_loss",
-                "losses/critic_loss", "health/td_sigma", "health/entropy", "health/abs_q", "charts/update_us"]:
+                "losses/critic_loss", "health/td_sigma", "health/entropy", "health/abs_q", "charts/update_us_p50", "charts/update_us_p99"]:
         assert tag in tags, tag
     assert [step for step, _ in tags["charts/SPS"]] == [400, 800, 1200]
     assert any("hyperparameters" in t for t in text_tags(run))

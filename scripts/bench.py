@@ -1,0 +1,121 @@
+"""Speed and memory of every algorithm script, measured the way they run: as a subprocess on one core.
+
+    python scripts/bench.py                      # all scripts, compiled and eager, Hopper-v4
+    python scripts/bench.py --algos avg --steps 60000 --modes on
+
+For each script and compile mode it runs `<algo>.py --env ENV` for --steps steps, pinned to one CPU, and reads
+back what the script logged (TensorBoard): environment steps per second and update latency (median and 99th
+percentile, in microseconds) over the log windows after the first --warmup steps; its peak resident memory;
+and the size of the learner's state (parameters, optimiser moments, normaliser and scaler statistics, traces)
+from a checkpoint it writes. The replay buffer of batch SAC at 1M transitions is shown beside it for scale.
+Prints a Markdown table. Not a test: timings depend on the machine and on what else runs on it.
+"""
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+ALGOS = ["avg", "iac", "sac_incremental", "td3_incremental", "stream_ac"]
+
+
+def read_scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def tensor_bytes(tree):
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(v) for v in tree)
+    return 0
+
+
+def run_one(algo, mode, args, workdir):
+    run_name = f"bench_{algo}_{mode}"
+    cmd = [sys.executable, str(REPO / f"{algo}.py"), "--env", args.env, "--total-timesteps", str(args.steps),
+           "--seed", "1", "--log-every", str(args.log_every), "--compile", mode, "--run-name", run_name,
+           "--checkpoint-every", str(args.steps // 2)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    pin = (lambda: os.sched_setaffinity(0, {args.cpu})) if args.cpu >= 0 else None
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=pin)
+    _, status, usage = os.wait4(proc.pid, 0)
+    stderr = proc.stderr.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
+    run_dir = Path(workdir) / "runs" / run_name
+    logs = read_scalars(run_dir)
+    after = lambda tag: [v for step, v in logs.get(tag, []) if step > args.warmup]
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    checkpoint = torch.load(checkpoints[-1], weights_only=False)
+    return {"sps": float(np.median(after("charts/SPS"))),
+            "p50": float(np.median(after("charts/update_us_p50"))),
+            "p99": float(np.median(after("charts/update_us_p99"))),
+            "rss_mb": usage.ru_maxrss / 1024,
+            "state_kb": tensor_bytes(checkpoint["learner"]) / 1024,
+            "buffer_kb": tensor_bytes(checkpoint.get("replay_buffer", {})) / 1024,
+            "compile_s": logs["charts/compile_seconds"][0][1] if "charts/compile_seconds" in logs else None}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    parser.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"],
+                        help="compile modes to measure (on: compiled update, off: eager)")
+    parser.add_argument("--env", default="Hopper-v4")
+    parser.add_argument("--steps", type=int, default=40_000, help="environment steps per measurement")
+    parser.add_argument("--warmup", type=int, default=10_000, help="steps left out of the timings")
+    parser.add_argument("--log-every", type=int, default=2_000)
+    parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
+                        help="CPU to pin each run to (-1: no pinning)")
+    args = parser.parse_args()
+    if args.warmup >= args.steps:
+        parser.error("--warmup must be smaller than --steps")
+    import gymnasium as gym
+
+    probe = gym.make(args.env)
+    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+    # batch SAC stores (s, a, r, s', terminated) as float32: 2 obs + action + 2 scalars per transition
+    sac_buffer_mb = 1_000_000 * (2 * obs_dim + act_dim + 2) * 4 / 2 ** 20
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for algo in args.algos:
+            if not (REPO / f"{algo}.py").exists():
+                print(f"skipping {algo}: {algo}.py does not exist", file=sys.stderr)
+                continue
+            for mode in args.modes:
+                print(f"measuring {algo} (compile {mode}) ...", file=sys.stderr, flush=True)
+                rows.append((algo, mode, run_one(algo, mode, args, workdir)))
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    print(f"\n{args.env}, {args.steps} steps per run, timings after step {args.warmup}; {cpu}, "
+          f"{os.cpu_count()} cores, pinned to CPU {args.cpu}, torch {torch.__version__} (1 thread), "
+          f"{datetime.date.today()}\n")
+    print("| script | update | env steps/s | update p50 (us) | update p99 (us) | peak RSS (MB) | learner state (KB) "
+          "| replay buffer (KB) | compile (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for algo, mode, r in rows:
+        compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
+        print(f"| {algo}.py | {'compiled' if mode == 'on' else 'eager'} | {r['sps']:.0f} | {r['p50']:.0f} | "
+              f"{r['p99']:.0f} | {r['rss_mb']:.0f} | {r['state_kb']:.0f} | {r['buffer_kb']:.0f} | {compile_s} |")
+    print(f"\nFor scale: batch SAC's replay buffer at 1M transitions of {args.env} holds {sac_buffer_mb:.0f} MB "
+          f"(float32 observations; 160x90x3 stacked images would need tens of GB).")
+
+
+if __name__ == "__main__":
+    main()
