@@ -1,0 +1,255 @@
+"""Every algorithm script run as a user runs it: logs, bad input, non-finite values, checkpoints, resume and
+signals. Each test runs for each script that exists (they share these conventions by design)."""
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import REPO, run_script, scalars, start_script, text_tags
+
+SCRIPTS = [name for name in ["avg", "iac", "sac_incremental", "td3_incremental", "stream_ac"]
+           if (REPO / f"{name}.py").exists()]
+per_script = pytest.mark.parametrize("algo", SCRIPTS)
+
+
+def load_checkpoint(algo, path):
+    return importlib.import_module(algo).load_checkpoint(path)
+
+
+@per_script
+def test_a_short_run_logs_what_a_researcher_reads(tmp_path, algo):
+    out = run_script(f"{algo}.py", "--env", "Hopper-v4", "--total-timesteps", 1200, "--log-every", 400,
+                     "--compile", "off", "--seed", 3, "--run-name", "e2e", "--save-model", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "runs" / "e2e"
+    tags = scalars(run)
+    for tag in ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "losses/actor_loss",
+                "losses/critic_loss", "charts/update_us_p50", "charts/update_us_p99", "charts/nonfinite_skips"]:
+        assert tag in tags, tag
+    assert [step for step, _ in tags["charts/SPS"]] == [400, 800, 1200]
+    assert any("hyperparameters" in t for t in text_tags(run))
+    args = json.loads((run / "args.json").read_text())
+    assert args["algo"] == algo and args["env"] == "Hopper-v4" and args["seed"] == 3
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["global_step"] == 1200 and summary["episodes"] > 0
+    model = torch.load(run / f"{algo}.model", weights_only=False)
+    assert model["actor"] and model["args"]["env"] == "Hopper-v4"
+
+
+def test_avg_logs_its_health_signals_and_uses_the_paper_values(tmp_path):
+    out = run_script("avg.py", "--env", "Hopper-v4", "--total-timesteps", 300, "--log-every", 300,
+                     "--compile", "off", "--run-name", "health", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    tags = scalars(tmp_path / "runs" / "health")
+    assert {"health/td_sigma", "health/entropy", "health/abs_q"} <= set(tags)
+    assert json.loads((tmp_path / "runs" / "health" / "args.json").read_text())["actor_lr"] == 1.1e-5
+    assert "paper values for Hopper" in out.stdout
+
+
+BAD_ARGUMENTS = [  # (Args fields, message); checked in-process, the command line layer below
+    ({"env": "NoSuchEnv-v0"}, "cannot make environment 'NoSuchEnv-v0'"),
+    ({"env": "CartPole-v1"}, "needs a continuous (Box) action space"),
+    ({"total_timesteps": 0}, "--total-timesteps must be positive"),
+    ({"total_timesteps": -5}, "--total-timesteps must be positive"),
+    ({"actor_lr": 0.0}, "--actor-lr must be positive"),
+    ({"critic_lr": -0.001}, "--critic-lr must be positive"),
+    ({"gamma": 1.5}, "--gamma is out of range"),
+    ({"robot_host": "10.0.0.2"}, "apply only to UR5Reacher-v0"),
+    ({"resume": "missing.pt"}, "missing.pt does not exist"),
+]
+
+
+@per_script
+@pytest.mark.parametrize("fields, message", BAD_ARGUMENTS, ids=[str(f) for f, _ in BAD_ARGUMENTS])
+def test_bad_arguments_are_refused_with_a_clear_message(tmp_path, monkeypatch, algo, fields, message):
+    module = importlib.import_module(algo)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(module.RunError) as error:
+        module.main(module.Args(**{"total_timesteps": 100, **fields}), set(fields))
+    assert message in str(error.value)
+
+
+@per_script
+@pytest.mark.parametrize("flags, message", [(["--env", "NoSuchEnv-v0"], "cannot make environment"),
+                                            (["--total-timesteps", "-5"], "--total-timesteps must be positive")])
+def test_bad_input_on_the_command_line_gets_one_line_and_exit_2(tmp_path, algo, flags, message):
+    out = run_script(f"{algo}.py", *flags, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"{algo}.py: error: ") and message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.fixture(scope="module")
+def point_checkpoints(tmp_path_factory):
+    """{algo: run directory with checkpoints} from a short real run of each script on a cheap environment."""
+    runs = {}
+    for algo in SCRIPTS:
+        cwd = tmp_path_factory.mktemp(algo)
+        out = run_script(f"{algo}.py", "--env", "faulty_envs:Point-v0", "--total-timesteps", 60, "--checkpoint-every",
+                         20, "--compile", "off", "--run-name", "point", cwd=cwd)
+        assert out.returncode == 0, out.stderr
+        runs[algo] = cwd / "runs" / "point"
+    return runs
+
+
+@per_script
+def test_bad_checkpoints_and_log_dirs_are_refused(tmp_path, monkeypatch, algo, point_checkpoints):
+    module = importlib.import_module(algo)
+    monkeypatch.chdir(tmp_path)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    other_algo = "iac" if algo != "iac" else "avg"
+    other = tmp_path / "other.pt"
+    torch.save({"algo": other_algo, "args": {}}, other)
+    checkpoint, _ = module.load_checkpoint(point_checkpoints[algo])
+    assert len(list((point_checkpoints[algo] / "checkpoints").glob("step_*.pt"))) == 3  # every 20 steps, kept 3
+    wrong_shape = tmp_path / "shape.pt"  # as if the environment's observation had changed size since
+    torch.save({**checkpoint, "obs_dim": 99}, wrong_shape)
+    incomplete = tmp_path / "incomplete.pt"
+    torch.save({"algo": algo, "args": checkpoint["args"]}, incomplete)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "runs").write_text("a file where the log directory should be")
+    cases = [({"resume": str(corrupt)}, "unreadable or corrupt"),
+             ({"resume": str(other)}, f"is a {other_algo}.py checkpoint, not a {algo}.py one"),
+             ({"resume": str(incomplete)}, "is incomplete (no act_dim, episodes"),
+             ({"resume": str(wrong_shape)}, "do not match faulty_envs:Point-v0 (obs 3"),
+             ({"resume": str(point_checkpoints[algo]), "env": "Hopper-v4"},
+              "was trained with --env faulty_envs:Point-v0, not Hopper-v4")]
+    for fields, message in cases:
+        with pytest.raises(module.RunError) as error:
+            module.main(module.Args(**fields), set(fields))
+        assert message in str(error.value), fields
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(module.RunError, match="cannot write the run directory"):
+        module.main(module.Args(total_timesteps=10))
+
+
+@pytest.mark.parametrize("env, flags, culprit", [("faulty_envs:NanObservation-v0", [], "observation"),
+                                                 ("faulty_envs:NanReward-v0", [], "reward"),
+                                                 ("faulty_envs:HugeReward-v0", [], "reward"),
+                                                 ("faulty_envs:HugeObservation-v0", ["--no-obs-norm", "--feature-norm", "none"],
+                                                  "loss or gradient")])
+def test_non_finite_values_stop_the_run_and_keep_the_last_good_state(tmp_path, env, flags, culprit):
+    out = run_script("avg.py", "--env", env, *flags, "--total-timesteps", 200, "--compile", "off", "--run-name",
+                     "nan", cwd=tmp_path)
+    assert out.returncode == 3
+    assert f"non-finite {culprit} at step 50" in out.stderr
+    checkpoint, _ = load_checkpoint("avg", tmp_path / "runs" / "nan")
+    assert checkpoint["global_step"] == 50
+    assert all(torch.isfinite(v).all() for v in checkpoint["learner"].values() if v.is_floating_point())
+
+
+@per_script
+@pytest.mark.parametrize("env, culprit", [("faulty_envs:NanObservation-v0", "observation"),
+                                          ("faulty_envs:NanReward-v0", "reward")])
+def test_every_script_stops_on_non_finite_input(tmp_path, algo, env, culprit):
+    out = run_script(f"{algo}.py", "--env", env, "--total-timesteps", 200, "--compile", "off", "--run-name", "nan",
+                     cwd=tmp_path)
+    assert out.returncode == 3 and f"non-finite {culprit} at step 50" in out.stderr, out.stderr
+    checkpoint, _ = load_checkpoint(algo, tmp_path / "runs" / "nan")
+    assert checkpoint["global_step"] == 50
+
+
+def test_skip_mode_counts_and_continues(tmp_path):
+    out = run_script("avg.py", "--env", "faulty_envs:HugeObservation-v0", "--no-obs-norm", "--feature-norm", "none",
+                     "--total-timesteps", 200,
+                     "--compile", "off", "--run-name", "skip", "--on-nonfinite", "skip", "--log-every", 100,
+                     cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    # the overflowing observation spoils two updates, once as S' and once as S; learning then goes on
+    logs = scalars(tmp_path / "runs" / "skip")
+    assert logs["charts/nonfinite_skips"][-1] == (200, 2.0)
+    assert logs["losses/critic_loss"][-1][0] == 200 and np.isfinite(logs["losses/critic_loss"][-1][1])
+
+
+def episode_returns(run_dir):
+    return [value for _, value in scalars(run_dir)["charts/episodic_return"]]
+
+
+@per_script
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, algo):
+    """Killed with SIGKILL after an episode-boundary checkpoint and resumed, a run ends with the same
+    parameters and the same episode returns as the same run left alone."""
+    common = ["--env", "faulty_envs:Point-v0", "--total-timesteps", 1000, "--seed", 5, "--compile", "off",
+              "--save-model"]
+    whole = run_script(f"{algo}.py", *common, "--run-name", "whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    proc = start_script(f"{algo}.py", *common, "--run-name", "cut", "--checkpoint-every", 300, cwd=tmp_path)
+    checkpoints = tmp_path / "runs" / "cut" / "checkpoints"
+    deadline = time.time() + 120
+    while not list(checkpoints.glob("step_*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = run_script(f"{algo}.py", "--resume", tmp_path / "runs" / "cut", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming cut" in resumed.stdout
+    a = torch.load(tmp_path / "runs" / "whole" / f"{algo}.model", weights_only=False)
+    b = torch.load(tmp_path / "runs" / "cut" / f"{algo}.model", weights_only=False)
+    for network in ("actor", "critic"):
+        assert a[network].keys() == b[network].keys()
+        for name in a[network]:
+            assert torch.equal(a[network][name], b[network][name]), (network, name)
+    assert episode_returns(tmp_path / "runs" / "cut") == episode_returns(tmp_path / "runs" / "whole")
+
+
+KILL_DURING_WRITE = """
+import importlib, sys, time, torch
+algo, folder = sys.argv[1], sys.argv[2]
+script = importlib.import_module(algo)
+complete = {"algo": algo, "args": {}, "obs_dim": 3, "act_dim": 2, "episodes": 0, "learner": {}, "rng": {},
+            "wandb_id": None}
+script.save_atomic({**complete, "global_step": 1, "payload": torch.arange(1000.0)}, folder + "/step_000000000001.pt")
+real_save = torch.save
+def slow_save(obj, f):  # writes part of the file, then hangs until killed
+    f.write(b"PARTIAL" * 100000)
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+torch.save = slow_save
+script.save_atomic({**complete, "global_step": 2}, folder + "/step_000000000002.pt")
+"""
+
+
+@per_script
+def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, algo):
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_WRITE, algo, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+    assert [p.name for p in tmp_path.glob("step_*.pt")] == ["step_000000000001.pt"]
+    assert any(p.name.startswith(".step_000000000002.pt.tmp") for p in tmp_path.iterdir())  # the torn write
+    checkpoint, path = load_checkpoint(algo, tmp_path)
+    assert checkpoint["global_step"] == 1 and torch.equal(checkpoint["payload"], torch.arange(1000.0))
+
+
+@pytest.mark.parametrize("algo, signum, code", [(algo, signal.SIGINT, 130) for algo in SCRIPTS]
+                         + [("avg", signal.SIGTERM, 143)])
+def test_signals_checkpoint_flush_and_exit_cleanly(tmp_path, algo, signum, code):
+    proc = start_script(f"{algo}.py", "--env", "faulty_envs:Point-v0", "--total-timesteps", 10 ** 7, "--compile", "off",
+                        "--run-name", "sig", "--log-every", 100, cwd=tmp_path)
+    for line in proc.stdout:
+        if line.startswith("global_step="):
+            break
+    time.sleep(0.5)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert f"stopped by {signal.Signals(signum).name} at step" in stderr and "--resume" in stderr
+    run = tmp_path / "runs" / "sig"
+    checkpoint, _ = load_checkpoint(algo, run)
+    assert "charts/episodic_return" in scalars(run)  # TensorBoard was flushed
+    resumed = run_script(f"{algo}.py", "--resume", run, "--total-timesteps", checkpoint["global_step"] + 300,
+                         cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "summary.json").read_text())["global_step"] == checkpoint["global_step"] + 300
