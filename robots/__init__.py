@@ -1,6 +1,22 @@
-"""Robot tasks of the AVG paper as gymnasium environments (placeholder; see issue 5)."""
+"""The AVG paper's robot tasks as gymnasium environments, simulated (MuJoCo, the default) or on real hardware.
+
+    import gymnasium as gym, robots
+    env = gym.make("UR5Reacher-v0")                            # simulated UR5; host="192.168.1.10": the real arm
+    env = gym.make("Create2Mover-v0")                          # simulated Create 2; port="/dev/ttyUSB0": the real one
+
+Tasks, flags, safety and the real-hardware setup: robots/README.md.
+"""
+import gymnasium as gym
+
 ENV_IDS = ("UR5Reacher-v0", "Create2Mover-v0")
 
 
 class RobotError(RuntimeError):
     """A robot fault reported to the user in one line (lost link, protective stop, safety limit)."""
+
+
+# Entry points are strings so that importing robots loads neither MuJoCo nor a hardware driver.
+for _id, _entry_point, _steps in (("UR5Reacher-v0", "robots.ur5:UR5Reacher", 100),  # 4 s of 40 ms cycles
+                                  ("Create2Mover-v0", "robots.create2:Create2Mover", 600)):  # 90 s of 150 ms
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point=_entry_point, max_episode_steps=_steps)
