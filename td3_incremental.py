@@ -633,7 +633,14 @@ def main(args, given=frozenset()):
                     "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     use_compile = args.compile == "on" or (args.compile == "auto" and args.total_timesteps >= 10_000)
-    step_fn, needs_compiling = agent, use_compile
+    scalars = torch.zeros(2)  # reward and terminated, written through a numpy view each step
+    scalars_np, reward_t, terminated_t = scalars.numpy(), scalars[0], scalars[1]
+    step_fn = agent
+    if use_compile:  # before the first reset: a real robot must not wait for the compiler mid-episode
+        step_fn = compile_or_fall_back(agent, (torch.zeros(obs_dim), torch.zeros(act_dim),
+                                                        torch.zeros(obs_dim, dtype=torch.float64), reward_t,
+                                                        terminated_t, torch.zeros(args.batch_size, dtype=torch.long),
+                                                        torch.zeros(args.batch_size, act_dim), torch.zeros(act_dim)), args, writer)
 
     def save_checkpoint(mid_episode):
         writer.flush()  # the logs up to this step are on disk before the checkpoint that follows them
@@ -666,8 +673,6 @@ def main(args, given=frozenset()):
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    scalars = torch.zeros(2)  # reward and terminated, written through a numpy view each step
-    scalars_np, reward_t, terminated_t = scalars.numpy(), scalars[0], scalars[1]
     episode_return, episode_length, skipped, exit_code, message, recent_returns = 0.0, 0, 0, 0, "", []
     last_ckpt_step, last_print, log_time, log_step = global_step, 0.0, time.time(), global_step
     update_us, n_updates = np.zeros(args.log_every), 0  # latencies of this log window's updates
@@ -691,9 +696,6 @@ def main(args, given=frozenset()):
                 inputs = (obs, action, torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64)), reward_t,
                           terminated_t, indices, torch.randn(args.batch_size, act_dim, generator=noise_gen),
                           torch.randn(act_dim, generator=noise_gen))
-                if needs_compiling:
-                    step_fn = compile_or_fall_back(agent, inputs, args, writer)
-                    needs_compiling, log_time, log_step = False, time.time(), global_step - 1
                 t0 = time.perf_counter()
                 next_action, next_env_action, next_obs, ok = step_fn(*inputs)
                 update_us[n_updates % args.log_every] = 1e6 * (time.perf_counter() - t0)
