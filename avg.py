@@ -445,12 +445,23 @@ def make_env(args):
                                       ("realtime", args.realtime or None)] if v is not None}
     if robot_kwargs and args.env not in robots.ENV_IDS:
         raise RunError(f"--robot-host/--robot-port/--realtime apply only to {', '.join(robots.ENV_IDS)}")
+    if args.capture_video and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"  # headless: render off-screen
     try:
         env = gym.make(args.env, **robot_kwargs, **({"render_mode": "rgb_array"} if args.capture_video else {}))
-    except (gym.error.Error, ImportError) as e:
-        raise RunError(f"cannot make environment {args.env!r}: {e}") from None
+    except robots.RobotError:
+        raise
+    except Exception as e:  # unknown id, missing dependency, broken rendering setup, ...
+        message = " ".join(str(e).split()) if isinstance(e, gym.error.Error) else f"{type(e).__name__}: {e}"
+        raise RunError(f"cannot make environment {args.env!r}: {message[:300]}") from None
     if args.capture_video:
-        env = gym.wrappers.RecordVideo(env, f"videos/{args.run_name}")
+        try:
+            env.reset()
+            env.render()  # fail now, not at the first recorded episode
+            env = gym.wrappers.RecordVideo(env, f"videos/{args.run_name}")
+        except Exception as e:
+            raise RunError(f"--capture-video cannot record {args.env}: {' '.join(str(e).split())[:200]} (needs "
+                           "moviepy, and MUJOCO_GL=egl or osmesa where there is no display)") from None
     if not isinstance(env.action_space, gym.spaces.Box) or len(env.action_space.shape) != 1:
         raise RunError(f"{ALGO}.py needs a continuous (Box) action space; {args.env} has {env.action_space}")
     if not (np.isfinite(env.action_space.low).all() and np.isfinite(env.action_space.high).all()):
