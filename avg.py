@@ -572,6 +572,8 @@ def main(args, given=frozenset()):
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     noise_gen = torch.Generator().manual_seed(args.seed)
+    signal.signal(signal.SIGINT, on_signal)  # from here on Ctrl-C and SIGTERM stop the run cleanly
+    signal.signal(signal.SIGTERM, on_signal)
     env = make_env(args)
     env.action_space.seed(args.seed)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -633,14 +635,13 @@ def main(args, given=frozenset()):
         action, log_prob = agent.act(obs, noise)
         return obs, noise, action, log_prob
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     episode_return, episode_length, skipped, exit_code, message, recent_returns = 0.0, 0, 0, 0, "", []
     last_ckpt_step, last_print, log_time, log_step = global_step, 0.0, time.time(), global_step
     update_us, n_updates = np.zeros(args.log_every), 0  # latencies of this log window's updates
     try:
-        obs, noise, action, log_prob = reset()
-        while global_step < args.total_timesteps:
+        if stop["signal"] is None:  # Ctrl-C during start-up (connecting, compiling): the robot never moves
+            obs, noise, action, log_prob = reset()
+        while global_step < args.total_timesteps and stop["signal"] is None:
             raw_next_obs, reward, terminated, truncated, info = env.step(action.numpy())
             global_step += 1
             episode_return += float(reward)
@@ -695,12 +696,11 @@ def main(args, given=frozenset()):
                 obs, noise, action, log_prob = reset()
             else:
                 obs, noise, action, log_prob = next_obs, noises[1], next_action, next_log_prob
-            if stop["signal"] is not None:
-                path = save_checkpoint(mid_episode=True)  # the episode in progress is dropped on resume
-                exit_code = 130 if stop["signal"] == signal.SIGINT else 143
-                message = (f"stopped by {signal.Signals(stop['signal']).name} at step {global_step}; "
-                           f"resume with --resume {path}")
-                break
+        if stop["signal"] is not None and not exit_code:
+            path = save_checkpoint(mid_episode=True)  # the episode in progress is dropped on resume
+            exit_code = 130 if stop["signal"] == signal.SIGINT else 143
+            message = (f"stopped by {signal.Signals(stop['signal']).name} at step {global_step}; "
+                       f"resume with --resume {path}")
     except robots.RobotError as e:  # the environment has already stopped the robot
         path = save_checkpoint(mid_episode=True)
         exit_code, message = 4, f"robot error at step {global_step}: {e}; resume with --resume {path}"

@@ -253,3 +253,19 @@ def test_signals_checkpoint_flush_and_exit_cleanly(tmp_path, algo, signum, code)
                          cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "summary.json").read_text())["global_step"] == checkpoint["global_step"] + 300
+
+
+def test_ctrl_c_during_start_up_stops_before_the_first_step(tmp_path):
+    """Ctrl-C while the update compiles (or a robot connects): no environment step is taken, exit 130."""
+    proc = start_script("avg.py", "--env", "faulty_envs:Point-v0", "--total-timesteps", 10 ** 6, "--compile", "on",
+                        "--run-name", "early", cwd=tmp_path)
+    for line in proc.stdout:
+        if line.startswith("compiling the update"):
+            break
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "stopped by SIGINT at step 0" in stderr
+    assert "global_step=" not in stdout
+    checkpoint, _ = load_checkpoint("avg", tmp_path / "runs" / "early")
+    assert checkpoint["global_step"] == 0 and checkpoint["episodes"] == 0
