@@ -1,0 +1,363 @@
+"""Learning curves and a final-performance table from the TensorBoard event files of runs.
+
+    python scripts/plot.py runs/ --out figures/returns
+
+Finds every run directory (one holding events.out.tfevents.* files) under the given paths, groups runs by
+(environment, experiment name) from their args.json (or from the run name ENV__EXP__SEED[__TIME]), and draws the
+mean episodic return against environment steps with a 95% confidence band across seeds, one panel per environment,
+as PNG and PDF. Each run is interpolated onto a common step grid within the steps it covers; where fewer runs than
+the group's total cover a step (runs still in progress, or of different lengths), the curve is drawn dotted. Prints
+a Markdown table of final performance per group. Runs still being written are read as far as they go.
+"""
+import argparse
+import json
+import math
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TAG = "charts/episodic_return"
+
+
+class PlotError(Exception):
+    """Bad input, reported in one line with exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error of these scripts
+        raise PlotError(message)
+
+
+# ------------------------------------------------------------------------------------------------- statistics
+def t_quantile(p, df):
+    """Quantile of Student's t with an integer number of degrees of freedom (p > 0.5), by bisection on the
+    closed-form two-sided CDF (Abramowitz and Stegun 26.7.3-4); exact to double precision, no scipy needed."""
+    if df < 1:
+        raise ValueError("df must be at least 1")
+    target = 2 * p - 1  # P(|T| <= t)
+
+    def two_sided(theta):
+        c2 = math.cos(theta) ** 2
+        total = 0.0
+        if df % 2:
+            term = math.cos(theta)
+            for j in range((df - 1) // 2):
+                total += term
+                term *= c2 * (2 * j + 2) / (2 * j + 3)
+            return 2 / math.pi * (theta + math.sin(theta) * total)
+        term = 1.0
+        for j in range(df // 2):
+            total += term
+            term *= c2 * (2 * j + 1) / (2 * j + 2)
+        return math.sin(theta) * total
+
+    lo, hi = 0.0, math.pi / 2  # t = sqrt(df) tan(theta)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if two_sided(mid) < target else (lo, mid)
+    return math.sqrt(df) * math.tan((lo + hi) / 2)
+
+
+def mean_ci(values, level=0.95):
+    """Mean and half-width of the t confidence interval across runs; the half-width is NaN for a single run."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    if n == 1:
+        return float(values[0]), math.nan
+    return float(values.mean()), t_quantile(0.5 + level / 2, n - 1) * float(values.std(ddof=1)) / math.sqrt(n)
+
+
+# ----------------------------------------------------------------------------------------------- reading runs
+@dataclass
+class Run:
+    path: Path
+    env: str
+    exp_name: str
+    seed: object
+    steps: np.ndarray
+    returns: np.ndarray
+    finished: bool
+
+
+def find_run_dirs(paths):
+    """Directories holding event files, at or below each path; hidden directories (such as runs/.discarded, where
+    sweep.py keeps restarted attempts) are skipped."""
+    found = []
+    for root in map(Path, paths):
+        if not root.exists():
+            raise PlotError(f"{root} does not exist")
+        for events in sorted(root.rglob("events.out.tfevents.*")):
+            run_dir = events.parent
+            if any(part.startswith(".") for part in run_dir.relative_to(root).parts):
+                continue
+            if run_dir not in found:
+                found.append(run_dir)
+    return found
+
+
+def identify(run_dir):
+    """(env, exp_name, seed, finished) from args.json and summary.json, or from the ENV__EXP__SEED run name."""
+    args = read_json(run_dir / "args.json")
+    summary = read_json(run_dir / "summary.json")
+    finished = isinstance(summary, dict) and summary.get("finished") is True
+    if isinstance(args, dict) and {"env", "exp_name"} <= args.keys():
+        return args["env"], args["exp_name"], args.get("seed"), finished
+    match = re.fullmatch(r"(.+?)__(.+?)__(\d+)(?:__\d+)?", run_dir.name)
+    if match:
+        return match[1], match[2], int(match[3]), finished
+    return None
+
+
+def read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_scalars(run_dir, tag=TAG):
+    """(steps, values) of one scalar tag, read with TensorBoard's own loader: it reads all event files of the
+    directory in order, drops the steps a resumed run wrote again (purge on restart) and stops cleanly at a
+    record that is still being written."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(run_dir), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 1,
+                                     event_accumulator.HISTOGRAMS: 1, event_accumulator.IMAGES: 1,
+                                     event_accumulator.AUDIO: 1, event_accumulator.COMPRESSED_HISTOGRAMS: 1})
+    accumulator.Reload()
+    if tag not in accumulator.Tags()["scalars"]:
+        return np.zeros(0), np.zeros(0)
+    events = accumulator.Scalars(tag)
+    steps = np.array([e.step for e in events], dtype=float)
+    values = np.array([e.value for e in events], dtype=float)
+    order = np.argsort(steps, kind="stable")
+    return steps[order], values[order]
+
+
+def load_runs(paths, tag=TAG, envs=None, exp_names=None, log=sys.stderr):
+    runs, skipped = [], []
+    for run_dir in find_run_dirs(paths):
+        ident = identify(run_dir)
+        if ident is None:
+            skipped.append(f"{run_dir} (no args.json and not named ENV__EXP__SEED)")
+            continue
+        env, exp_name, seed, finished = ident
+        if (envs and env not in envs) or (exp_names and exp_name not in exp_names):
+            continue
+        steps, values = read_scalars(run_dir, tag)
+        keep = np.isfinite(values)
+        if not keep.any():
+            skipped.append(f"{run_dir} (no {tag} yet)")
+            continue
+        runs.append(Run(run_dir, env, exp_name, seed, steps[keep], values[keep], finished))
+    for note in skipped:
+        print(f"plot.py: skipped {note}", file=log)
+    return runs
+
+
+def group_runs(runs, exp_order=None):
+    """{(env, exp_name): [runs]}, environments and experiments in the order given (else sorted)."""
+    rank = {name: i for i, name in enumerate(exp_order or [])}
+    groups = {}
+    for run in sorted(runs, key=lambda r: (r.env, rank.get(r.exp_name, len(rank)), r.exp_name, str(r.seed))):
+        groups.setdefault((run.env, run.exp_name), []).append(run)
+    return groups
+
+
+# ------------------------------------------------------------------------------------------------ curves, table
+def smooth(values, window):
+    """Trailing mean over the last `window` episodes (window 1: none)."""
+    if window <= 1:
+        return values
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
+
+
+def curve(runs, points=200, window=1):
+    """The group's mean and 95% band on a common grid of steps. A run contributes only between its first and last
+    episode (no extrapolation); n counts the runs at each grid step, and the band needs n >= 2."""
+    end = max(r.steps[-1] for r in runs)
+    grid = np.linspace(0, end, points)
+    table = np.full((len(runs), points), np.nan)
+    for i, run in enumerate(runs):
+        inside = (grid >= run.steps[0]) & (grid <= run.steps[-1])
+        table[i, inside] = np.interp(grid[inside], run.steps, smooth(run.returns, window))
+    n = np.isfinite(table).sum(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before the first episode
+        mean = np.nanmean(table, 0)
+        sd = np.nanstd(table, 0, ddof=1)
+    half = np.array([t_quantile(0.975, k - 1) if k >= 2 else np.nan for k in n]) * sd / np.sqrt(np.maximum(n, 1))
+    return grid, mean, half, n
+
+
+def final_performance(runs, fraction=0.1):
+    """Final return of a group: the window is the last `fraction` of the steps that every run of the group has
+    reached, (1 - fraction) * S < step <= S with S the shortest run's last step, so runs of different lengths or
+    still in progress are compared over the same steps. Each run scores the mean return of its episodes that ended
+    in the window (its last episode before S if none did); the group gets the mean and 95% CI of those scores."""
+    common_end = min(r.steps[-1] for r in runs)
+    start = (1 - fraction) * common_end
+    scores = []
+    for run in runs:
+        inside = (run.steps > start) & (run.steps <= common_end)
+        scores.append(run.returns[inside].mean() if inside.any() else run.returns[run.steps <= common_end][-1])
+    mean, half = mean_ci(scores)
+    return {"runs": len(runs), "unfinished": sum(not r.finished for r in runs), "window": (start, common_end),
+            "mean": mean, "half": half, "scores": scores}
+
+
+def fmt(x):
+    return "n/a" if not math.isfinite(x) else f"{x:.1f}" if abs(x) < 1e5 else f"{x:.3g}"
+
+
+def steps_text(x):
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:.3g}{unit}"
+    return f"{x:.0f}"
+
+
+def markdown_table(groups, fraction=0.1):
+    lines = ["| environment | experiment | runs | final return (mean) | 95% CI | window (steps) |",
+             "|---|---|---|---|---|---|"]
+    for (env, exp_name), runs in groups.items():
+        f = final_performance(runs, fraction)
+        ci = "n/a (1 run)" if not math.isfinite(f["half"]) else f"[{fmt(f['mean'] - f['half'])}, {fmt(f['mean'] + f['half'])}]"
+        runs_text = f"{f['runs']}" + (f" ({f['unfinished']} unfinished)" if f["unfinished"] else "")
+        lines.append(f"| {env} | {exp_name} | {runs_text} | {fmt(f['mean'])} | {ci} | "
+                     f"{steps_text(f['window'][0])}-{steps_text(f['window'][1])} |")
+    lines.append("")
+    lines.append(f"Final return: per run, the mean episodic return over the last {fraction:.0%} of the steps that "
+                 "all runs of its group reached (the window); then the mean across runs and a 95% t-interval.")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------ figure
+def draw(groups, out, points=200, window=1, formats=("png", "pdf"), title=None, ylabel="episodic return"):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import EngFormatter
+
+    envs = list(dict.fromkeys(env for env, _ in groups))
+    exp_names = list(dict.fromkeys(exp for _, exp in groups))
+    colors = {exp: plt.get_cmap("tab10" if len(exp_names) <= 10 else "tab20")(i % 20)
+              for i, exp in enumerate(exp_names)}
+    cols = min(3, len(envs))
+    rows = math.ceil(len(envs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
+    for ax, env in zip(axes.flat, envs):
+        means, bands = [], []
+        for (group_env, exp_name), runs in groups.items():
+            if group_env != env:
+                continue
+            grid, mean, half, n = curve(runs, points, window)
+            color = colors[exp_name]
+            # Dotted where only some of the group's runs cover the step; the solid line hides it elsewhere.
+            ax.plot(grid, mean, color=color, lw=1.2, ls=":")
+            ax.plot(grid, np.where(n == len(runs), mean, np.nan), color=color, lw=1.6)
+            ax.fill_between(grid, mean - half, mean + half, where=np.isfinite(half), color=color, alpha=0.2, lw=0)
+            means.append(mean)
+            bands += [mean - half, mean + half]
+        fit_axis_to_curves(ax, np.concatenate(means), np.concatenate(bands))
+        ax.set_title(env)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(envs):]:
+        ax.set_visible(False)
+    # One legend for all panels (an experiment has one colour throughout), beside them so it hides no curve.
+    handles, labels = [], []
+    for exp_name in exp_names:
+        sizes = sorted({len(runs) for (_, e), runs in groups.items() if e == exp_name})
+        handles.append(Line2D([], [], color=colors[exp_name], lw=1.6))
+        labels.append(f"{exp_name} (n={sizes[0]}" + (f"-{sizes[-1]})" if len(sizes) > 1 else ")"))
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ext in formats:
+        path = out.with_name(f"{out.name}.{ext}")
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+def fit_axis_to_curves(ax, means, bands):
+    """With few seeds a t band can be many times wider than the spread of the curves (t = 12.7 for 2 seeds), and
+    scaling the axis to it flattens every curve. Then fit the axis to the curves and say that bands are cut."""
+    means, bands = means[np.isfinite(means)], bands[np.isfinite(bands)]
+    if not len(means) or not len(bands):
+        return
+    lo, hi = means.min(), means.max()
+    span = max(hi - lo, 1e-9 + 1e-3 * abs(hi))
+    if bands.max() - bands.min() > 3 * span:
+        ax.set_ylim(lo - 0.5 * span, hi + 0.5 * span)
+        ax.text(0.99, 0.01, "CI bands clipped", transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
+                color="0.4")
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("paths", nargs="+", help="run directories, or directories that hold them (e.g. runs/)")
+    parser.add_argument("--out", default="figures/returns", help="output file name without extension (%(default)s)")
+    parser.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"])
+    parser.add_argument("--envs", nargs="+", help="only these environments")
+    parser.add_argument("--exp-names", nargs="+", help="only these experiments, in this order in the legend")
+    parser.add_argument("--tag", default=TAG, help="the scalar to plot (default %(default)s)")
+    parser.add_argument("--points", type=int, default=200, help="points of the common step grid (%(default)s)")
+    parser.add_argument("--smooth", type=int, default=1,
+                        help="trailing mean over this many episodes before interpolating (default 1: none)")
+    parser.add_argument("--final-fraction", type=float, default=0.1,
+                        help="the table's final window, a fraction of the steps (default %(default)s)")
+    parser.add_argument("--table", help="also write the Markdown table to this file")
+    parser.add_argument("--title", help="figure title")
+    try:
+        args = parser.parse_args(argv)
+        if args.points < 2 or args.smooth < 1 or not 0 < args.final_fraction <= 1:
+            raise PlotError("--points must be >= 2, --smooth >= 1, and 0 < --final-fraction <= 1")
+        runs = load_runs(args.paths, args.tag, args.envs, args.exp_names)
+        if not runs:
+            raise PlotError(f"no runs with {args.tag} under {', '.join(args.paths)}"
+                            + (" (after the --envs/--exp-names filters)" if args.envs or args.exp_names else ""))
+        groups = group_runs(runs, args.exp_names)
+        for (env, exp_name), members in groups.items():
+            seeds = [r.seed for r in members]
+            if len(set(map(str, seeds))) < len(seeds):
+                print(f"plot.py: warning: {env} / {exp_name} has the same seed in several runs: "
+                      + ", ".join(str(r.path) for r in members), file=sys.stderr)
+        ylabel = "episodic return" if args.tag == TAG else args.tag
+        written = draw(groups, args.out, args.points, args.smooth, args.formats, args.title, ylabel)
+        table = markdown_table(groups, args.final_fraction)
+        if args.table:
+            Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.table).write_text(table + "\n")
+    except PlotError as e:
+        print(f"plot.py: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"plot.py: error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 2
+    print(table)
+    print("\nwrote " + ", ".join(map(str, written)) + (f", {args.table}" if args.table else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""scripts/plot.py on event files of a real short avg.py run plus synthetic runs whose final means are known."""
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+ROOT = Path(__file__).resolve().parent.parent
+# scripts/ is not a package; load plot.py by path rather than put scripts/ on sys.path for the whole session.
+_spec = importlib.util.spec_from_file_location("scripts_plot", ROOT / "scripts" / "plot.py")
+plot = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(plot)
+
+PLOT = [sys.executable, str(ROOT / "scripts" / "plot.py")]
+STEPS = np.arange(10, 1001, 10)
+
+
+def write_run(run_dir, steps, returns, args=None, finished=True):
+    run_dir.mkdir(parents=True)
+    writer = SummaryWriter(str(run_dir))
+    for step, value in zip(steps, returns):
+        writer.add_scalar("charts/episodic_return", value, int(step))
+        writer.add_scalar("charts/SPS", 1000.0, int(step))
+    writer.close()
+    if args:
+        (run_dir / "args.json").write_text(json.dumps(args))
+    if finished:
+        (run_dir / "summary.json").write_text(json.dumps({"finished": True}))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("plot")
+    # A real run: 600 steps of Pendulum-v1, so three episodes.
+    subprocess.run([sys.executable, str(ROOT / "avg.py"), "--env", "Pendulum-v1", "--seed", "7", "--total-timesteps",
+                    "600", "--compile", "off", "--run-name", "real"], cwd=base, check=True, capture_output=True)
+    synth = base / "synth"
+    # Group a: three finished runs, return c + step / 50 with c = 10, 20, 30.
+    for seed, c in enumerate((10, 20, 30), 1):
+        write_run(synth / f"a{seed}", STEPS, c + STEPS / 50, {"env": "Synth-v0", "exp_name": "a", "seed": seed})
+    # Group b, identified from run names alone: one finished run (100 throughout) and one still running, at step 500,
+    # returning its step count, whose events file ends in a half-written record (its last, an SPS scalar).
+    write_run(synth / "Synth-v0__b__1__1700000000", STEPS, np.full(len(STEPS), 100.0))
+    write_run(synth / "Synth-v0__b__2__1700000001", STEPS[STEPS <= 500], STEPS[STEPS <= 500].astype(float),
+              finished=False)
+    events = next((synth / "Synth-v0__b__2__1700000001").glob("events.out.tfevents.*"))
+    events.write_bytes(events.read_bytes()[:-10])
+    # Group c: a single run, so no confidence interval.
+    write_run(synth / "c1", STEPS, np.full(len(STEPS), -5.0), {"env": "Other-v0", "exp_name": "c", "seed": 1})
+    # Not runs: a restarted attempt kept by sweep.py, and a directory without events.
+    write_run(synth / ".discarded" / "a1.1", STEPS, np.full(len(STEPS), 1e6), {"env": "Synth-v0", "exp_name": "a"})
+    (synth / "empty").mkdir()
+    return base
+
+
+def test_t_quantile_matches_tables():
+    for df, expected in [(1, 12.7062), (2, 4.3027), (3, 3.1824), (10, 2.2281), (29, 2.0452), (120, 1.9799)]:
+        assert plot.t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in (1, 4, 7, 30, 500):
+        assert plot.t_quantile(0.975, df) == pytest.approx(scipy_stats.t.ppf(0.975, df), rel=1e-10)
+
+
+def test_final_performance_and_curves_match_known_values(runs):
+    loaded = plot.load_runs([runs / "synth"], log=open("/dev/null", "w"))
+    groups = plot.group_runs(loaded)
+    assert {k: len(v) for k, v in groups.items()} == {("Other-v0", "c"): 1, ("Synth-v0", "a"): 3,
+                                                      ("Synth-v0", "b"): 2}
+    a = plot.final_performance(groups["Synth-v0", "a"])
+    # Window (900, 1000]: steps 910..1000, mean step 955, so c + 19.1 per run.
+    assert a["window"] == (900, 1000) and a["scores"] == pytest.approx([29.1, 39.1, 49.1])
+    assert a["mean"] == pytest.approx(39.1)
+    assert a["half"] == pytest.approx(4.302653 * 10 / math.sqrt(3), rel=1e-6)
+    b = plot.final_performance(groups["Synth-v0", "b"])
+    # The run in progress reached step 500: window (450, 500] for both; its steps 460..500 average 480.
+    assert b["window"] == (450, 500) and b["scores"] == pytest.approx([100, 480]) and b["unfinished"] == 1
+    assert b["half"] == pytest.approx(12.706205 * np.std([100, 480], ddof=1) / math.sqrt(2), rel=1e-6)
+    assert math.isnan(plot.final_performance(groups["Other-v0", "c"])["half"])
+
+    grid, mean, half, n = plot.curve(groups["Synth-v0", "a"], points=101)
+    inside = grid >= 10
+    assert np.allclose(mean[inside], 20 + grid[inside] / 50) and (n[inside] == 3).all() and (n[~inside] == 0).all()
+    assert np.allclose(half[inside], 4.302653 * 10 / math.sqrt(3), rtol=1e-6)
+    grid, mean, half, n = plot.curve(groups["Synth-v0", "b"], points=101)
+    assert (n[(grid >= 10) & (grid <= 500)] == 2).all() and (n[grid > 500] == 1).all()
+    assert np.allclose(mean[grid > 500], 100) and np.isnan(half[grid > 500]).all()
+
+
+def test_cli_draws_figure_and_table_from_real_and_synthetic_runs(runs):
+    out = runs / "figures" / "all"
+    result = subprocess.run([*PLOT, "runs/real", "synth", "--out", str(out), "--table", str(runs / "table.md")],
+                            cwd=runs, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" not in result.stderr  # the half-written record is read up to where it ends
+    for ext in ("png", "pdf"):
+        assert out.with_suffix(f".{ext}").stat().st_size > 10_000
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in result.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| environment")}
+    assert rows[("Synth-v0", "a")] == "| Synth-v0 | a | 3 | 39.1 | [14.3, 63.9] | 900-1k |"
+    assert rows[("Synth-v0", "b")].startswith("| Synth-v0 | b | 2 (1 unfinished) | 290.0 | ")
+    assert rows[("Other-v0", "c")] == "| Other-v0 | c | 1 | -5.0 | n/a (1 run) | 900-1k |"
+    # The real run: three episodes, at steps 200, 400 and 600; its final window (540, 600] holds the last one,
+    # read here record by record, without TensorBoard's accumulator that plot.py uses.
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    returns = {}
+    for record in RawEventFileLoader(str(next((runs / "runs" / "real").glob("events.out.tfevents.*")))).Load():
+        event = Event.FromString(record)
+        for value in event.summary.value:
+            if value.tag == "charts/episodic_return":
+                returns[event.step] = value.simple_value
+    assert sorted(returns) == [200, 400, 600]
+    assert rows[("Pendulum-v1", "avg")] == f"| Pendulum-v1 | avg | 1 | {returns[600]:.1f} | n/a (1 run) | 540-600 |"
+    assert (runs / "table.md").read_text().strip() == result.stdout.split("\n\nwrote")[0].strip()
+
+
+def test_filters_and_bad_input(runs, tmp_path):
+    result = subprocess.run([*PLOT, "synth", "--exp-names", "b", "a", "--envs", "Synth-v0", "--out",
+                             str(tmp_path / "f"), "--formats", "png"], cwd=runs, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| Synth")]
+    assert [r.split("|")[2].strip() for r in rows] == ["b", "a"]  # the order asked for
+    assert (tmp_path / "f.png").exists() and not (tmp_path / "f.pdf").exists()
+    for args, message in [(["nowhere"], "nowhere does not exist"),
+                          (["synth", "--exp-names", "zzz"], "no runs with charts/episodic_return"),
+                          (["synth", "--points", "1"], "--points must be >= 2"),
+                          ([], "required: paths")]:
+        result = subprocess.run([*PLOT, *args, "--out", str(tmp_path / "g")], cwd=runs, capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "g.png").exists()
