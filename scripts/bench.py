@@ -6,8 +6,9 @@
 For each script and compile mode it runs `<algo>.py --env ENV` for --steps steps, pinned to one CPU, and reads
 back what the script logged (TensorBoard): environment steps per second and update latency (median and 99th
 percentile, in microseconds) over the log windows after the first --warmup steps; its peak resident memory;
-and the size of the learner's state (parameters, optimiser moments, normaliser and scaler statistics, traces)
-from a checkpoint it writes. The replay buffer of batch SAC at 1M transitions is shown beside it for scale.
+and the size of the learner's state (parameters, optimiser moments, normaliser and scaler statistics, traces;
+the replay buffer of sac/td3 in its own column) from a checkpoint it writes. The replay buffer of batch SAC at 1M
+transitions is shown beside it for scale.
 Prints a Markdown table. Not a test: timings depend on the machine and on what else runs on it.
 """
 import argparse
@@ -63,12 +64,14 @@ def run_one(algo, mode, args, workdir):
     after = lambda tag: [v for step, v in logs.get(tag, []) if step > args.warmup]
     checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
     checkpoint = torch.load(checkpoints[-1], weights_only=False)
+    learner = checkpoint["learner"]
+    replay = {k: v for k, v in learner.items() if k.startswith("replay.")}  # sac/td3's buffer is learner state
     return {"sps": float(np.median(after("charts/SPS"))),
             "p50": float(np.median(after("charts/update_us_p50"))),
             "p99": float(np.median(after("charts/update_us_p99"))),
             "rss_mb": usage.ru_maxrss / 1024,
-            "state_kb": tensor_bytes(checkpoint["learner"]) / 1024,
-            "buffer_kb": tensor_bytes(checkpoint.get("replay_buffer", {})) / 1024,
+            "state_kb": (tensor_bytes(learner) - tensor_bytes(replay)) / 1024,
+            "buffer_kb": tensor_bytes(replay) / 1024,
             "compile_s": logs["charts/compile_seconds"][0][1] if "charts/compile_seconds" in logs else None}
 
 
