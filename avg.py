@@ -41,18 +41,18 @@ class Args:
     exp_name: str = ALGO
     """experiment name, part of the run name and the grouping key of scripts/plot.py"""
     run_name: Optional[str] = None
-    """log under runs/RUN_NAME (default: {env}__{exp_name}__{seed}__{unix time})"""
+    """log under runs/RUN_NAME; unset: {env}__{exp_name}__{seed}__{unix time}"""
 
     actor_lr: Optional[float] = None
-    """actor step size (default: the paper's value for --env, see HYPERPARAMS)"""
+    """actor step size; unset: the paper's value for --env (avg.py's HYPERPARAMS table)"""
     critic_lr: Optional[float] = None
-    """critic step size (default: the paper's value for --env)"""
+    """critic step size; unset: the paper's value for --env"""
     beta1: Optional[float] = None
-    """Adam's first beta; the second is 0.999 (default: the paper's value for --env)"""
+    """Adam's first beta (the second is 0.999); unset: the paper's value for --env"""
     entropy_coef: Optional[float] = None
-    """entropy coefficient eta, fixed (default: the paper's value for --env)"""
+    """entropy coefficient eta, fixed; unset: the paper's value for --env"""
     gamma: Optional[float] = None
-    """discount factor (default: the paper's value for --env)"""
+    """discount factor; unset: the paper's value for --env"""
     hidden_size: int = 256
     """width of the two hidden layers of actor and critic"""
 
@@ -90,9 +90,9 @@ class Args:
     """on a NaN/inf loss, gradient, reward or observation: stop (saving the last good state) or skip the update"""
 
     robot_host: Optional[str] = None
-    """UR5Reacher: IP of the real arm (default: simulated arm)"""
+    """UR5Reacher: IP of the real arm; unset: the simulated arm"""
     robot_port: Optional[str] = None
-    """Create2Mover: serial device of the real robot, e.g. /dev/ttyUSB0 (default: simulated robot)"""
+    """Create2Mover: serial device of the real robot, e.g. /dev/ttyUSB0; unset: the simulated robot"""
     realtime: bool = False
     """simulated robots: pace each step to the real robot's cycle"""
 
@@ -356,7 +356,7 @@ class AVG(nn.Module):
         q = torch.func.functional_call(self.critic, critic_params, (obs, action))
         with torch.no_grad():
             next_action, next_log_prob = self.actor(next_obs, next_noise)
-            next_q = (self.target or self.critic)(next_obs, next_action)
+            next_q = (self.target if self.target is not None else self.critic)(next_obs, next_action)
             delta = (reward + discount * (next_q - self.eta * next_log_prob) - q) / sigma
         # One backward pass serves both networks: the actor's gradient comes from this loss, and since
         # d(delta^2)/dphi = -(2 delta / sigma) dQ/dphi, the critic's is its phi-gradient times 2 delta / sigma.
@@ -388,7 +388,8 @@ class AVG(nn.Module):
         if self.target is not None:
             for target, param in zip(self.target.parameters(), critic_params.values()):
                 target.copy_(torch.where(ok, target.lerp(param, self.tau), target))
-        self.metrics += torch.where(ok, torch.stack([delta.square(), actor_loss, -entropy, q.abs(), sigma, ok]), 0).double()
+        logged = torch.stack([delta.square(), actor_loss, -entropy, q.abs(), sigma, ok])
+        self.metrics += torch.where(ok, logged, 0).double()
         next_action, next_log_prob = self.act(next_obs, noises[1])
         return next_action, next_log_prob, next_obs, ok
 

@@ -44,7 +44,7 @@ class Args:
     exp_name: str = ALGO
     """experiment name, part of the run name and the grouping key of scripts/plot.py"""
     run_name: Optional[str] = None
-    """log under runs/RUN_NAME (default: {env}__{exp_name}__{seed}__{unix time})"""
+    """log under runs/RUN_NAME; unset: {env}__{exp_name}__{seed}__{unix time}"""
 
     buffer_size: int = 1
     """replay buffer capacity in transitions (1: SAC-1; the batch baseline uses 1000000)"""
@@ -100,9 +100,9 @@ class Args:
     """on a NaN/inf loss, gradient, reward or observation: stop (saving the last good state) or skip the update"""
 
     robot_host: Optional[str] = None
-    """UR5Reacher: IP of the real arm (default: simulated arm)"""
+    """UR5Reacher: IP of the real arm; unset: the simulated arm"""
     robot_port: Optional[str] = None
-    """Create2Mover: serial device of the real robot, e.g. /dev/ttyUSB0 (default: simulated robot)"""
+    """Create2Mover: serial device of the real robot, e.g. /dev/ttyUSB0; unset: the simulated robot"""
     realtime: bool = False
     """simulated robots: pace each step to the real robot's cycle"""
 
