@@ -645,16 +645,15 @@ def main(args, given=frozenset()):
         while global_step < args.total_timesteps and stop["signal"] is None:
             raw_next_obs, reward, terminated, truncated, info = env.step(action.numpy())
             global_step += 1
-            episode_return += float(reward)
             episode_length += 1
             scalars_np[0], scalars_np[1] = reward, terminated
-            culprit = "reward" if not np.isfinite(scalars_np[0]) else None  # float32, as the learner sees it
-            if culprit is None and not np.isfinite(raw_next_obs).all():
-                culprit = "observation"
+            bad_obs = not np.isfinite(raw_next_obs).all()
+            culprit = "reward" if not np.isfinite(scalars_np[0]) else "observation" if bad_obs else None  # float32
+            episode_return += float(reward) if culprit != "reward" else 0.0
+            raw_next_obs = torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64))
+            noises = torch.randn(2, act_dim, generator=noise_gen)
             if culprit is None:
-                noises = torch.randn(2, act_dim, generator=noise_gen)
-                inputs = (obs, noise, log_prob, torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64)),
-                          reward_t, terminated_t, noises)
+                inputs = (obs, noise, log_prob, raw_next_obs, reward_t, terminated_t, noises)
                 t0 = time.perf_counter()
                 next_action, next_log_prob, next_obs, ok = step_fn(*inputs)
                 update_us[n_updates % args.log_every] = 1e6 * (time.perf_counter() - t0)
@@ -667,7 +666,12 @@ def main(args, given=frozenset()):
                     exit_code, message = 3, (f"non-finite {culprit} at step {global_step}; the update was not "
                                              f"applied and the last good state is saved in {path}")
                     break
-                terminated = terminated or culprit == "observation"  # cannot go on from a NaN state
+                if culprit == "reward" and not bad_obs:  # S' is good: carry on from it, without an update
+                    next_obs = agent.normalize(raw_next_obs)
+                    next_action, next_log_prob = agent.act(next_obs, noises[1])
+                # cannot go on from a non-finite state, nor send a non-finite action (a rejected update's features
+                # may have overflowed): end the episode
+                terminated = terminated or bad_obs or not torch.isfinite(next_action).all().item()
             if global_step % args.log_every == 0 and global_step > log_step:
                 means = (agent.metrics[:5] / agent.metrics[5].clamp_min(1)).tolist()
                 agent.metrics.zero_()

@@ -693,20 +693,19 @@ def main(args, given=frozenset()):
         while global_step < args.total_timesteps and stop["signal"] is None:
             raw_next_obs, reward, terminated, truncated, info = env.step(env_action.numpy())
             global_step += 1
-            episode_return += float(reward)
             episode_length += 1
             scalars_np[0], scalars_np[1] = reward, terminated
-            culprit = "reward" if not np.isfinite(scalars_np[0]) else None  # float32, as the learner sees it
-            if culprit is None and not np.isfinite(raw_next_obs).all():
-                culprit = "observation"
+            bad_obs = not np.isfinite(raw_next_obs).all()
+            culprit = "reward" if not np.isfinite(scalars_np[0]) else "observation" if bad_obs else None  # float32
+            episode_return += float(reward) if culprit != "reward" else 0.0
+            raw_next_obs = torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64))
             if culprit is None and global_step <= args.learning_starts:  # filling the buffer
-                next_obs = agent.observe(obs, action, torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64)),
-                                         reward_t, terminated_t)
+                next_obs = agent.observe(obs, action, raw_next_obs, reward_t, terminated_t)
                 next_action, next_env_action = choose_action(next_obs)
             elif culprit is None:
                 indices = agent.replay.draw(args.batch_size, noise_gen)
-                inputs = (obs, action, torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64)), reward_t,
-                          terminated_t, indices, torch.randn(args.batch_size, act_dim, generator=noise_gen),
+                inputs = (obs, action, raw_next_obs, reward_t, terminated_t, indices,
+                          torch.randn(args.batch_size, act_dim, generator=noise_gen),
                           torch.randn(act_dim, generator=noise_gen))
                 t0 = time.perf_counter()
                 next_action, next_env_action, next_obs, ok = step_fn(*inputs)
@@ -720,7 +719,12 @@ def main(args, given=frozenset()):
                     exit_code, message = 3, (f"non-finite {culprit} at step {global_step}; the update was not "
                                              f"applied and the last good state is saved in {path}")
                     break
-                terminated = terminated or culprit == "observation"  # cannot go on from a NaN state
+                if culprit == "reward" and not bad_obs:  # S' is good: carry on from it, without an update
+                    next_obs = agent.normalize(raw_next_obs)
+                    next_action, next_env_action = choose_action(next_obs)
+                # cannot go on from a non-finite state, nor send a non-finite action (a rejected update's features
+                # may have overflowed): end the episode
+                terminated = terminated or bad_obs or not torch.isfinite(next_action).all().item()
             if global_step % args.log_every == 0 and global_step > log_step:
                 critic_updates, actor_updates = agent.metrics[4].clamp_min(1), agent.metrics[5].clamp_min(1)
                 means = [agent.metrics[0] / critic_updates, agent.metrics[1] / actor_updates,

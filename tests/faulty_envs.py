@@ -26,6 +26,8 @@ class PointEnv(gym.Env):
         return np.array([*self.position, self.t / self.episode_length])
 
     def step(self, action):
+        if not np.isfinite(action).all():  # what a robot must never receive
+            raise ValueError(f"non-finite action {action} sent to the environment")
         self.position = np.clip(self.position + 0.1 * np.asarray(action, dtype=np.float64), -5, 5)
         self.t += 1
         self.steps_taken += 1

@@ -157,15 +157,28 @@ def test_every_script_stops_on_non_finite_input(tmp_path, algo, env, culprit):
     assert checkpoint["global_step"] == 50
 
 
-def test_skip_mode_counts_and_continues(tmp_path):
-    out = run_script("avg.py", "--env", "faulty_envs:HugeObservation-v0", "--no-obs-norm", "--feature-norm", "none",
-                     "--total-timesteps", 200,
-                     "--compile", "off", "--run-name", "skip", "--on-nonfinite", "skip", "--log-every", 100,
-                     cwd=tmp_path)
+@per_script
+def test_skip_mode_goes_on_from_a_good_next_state(tmp_path, algo):
+    """A non-finite reward with a good S': no update, and the run goes on from S' (the env raises if a non-finite
+    action ever reaches it)."""
+    out = run_script(f"{algo}.py", "--env", "faulty_envs:NanReward-v0", "--total-timesteps", 200, "--compile", "off",
+                     "--run-name", "skip", "--on-nonfinite", "skip", "--log-every", 100, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    # the overflowing observation spoils two updates, once as S' and once as S; learning then goes on
     logs = scalars(tmp_path / "runs" / "skip")
-    assert logs["charts/nonfinite_skips"][-1] == (200, 2.0)
+    assert logs["charts/nonfinite_skips"][-1] == (200, 1.0)
+    assert all(np.isfinite(value) for _, value in logs["charts/episodic_return"])
+    assert logs["losses/critic_loss"][-1][0] == 200 and np.isfinite(logs["losses/critic_loss"][-1][1])
+
+
+def test_skip_mode_never_sends_a_non_finite_action(tmp_path):
+    """An observation that overflows the unnormalised features: the update is rejected, the next action may be
+    non-finite, so the episode ends instead of sending it; learning goes on."""
+    out = run_script("avg.py", "--env", "faulty_envs:HugeObservation-v0", "--no-obs-norm", "--feature-norm", "none",
+                     "--total-timesteps", 200, "--compile", "off", "--run-name", "skip", "--on-nonfinite", "skip",
+                     "--log-every", 100, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    logs = scalars(tmp_path / "runs" / "skip")
+    assert 1 <= logs["charts/nonfinite_skips"][-1][1] <= 2
     assert logs["losses/critic_loss"][-1][0] == 200 and np.isfinite(logs["losses/critic_loss"][-1][1])
 
 
