@@ -175,13 +175,15 @@ class RewardScaler(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ networks
+TRACING = False  # true while compile_step() traces the update into a graph
+
+
 class Linear(nn.Linear):
     """nn.Linear, written as multiply-and-sum while compile_step() traces the update, so that Inductor fuses the
     whole one-sample update into one C++ kernel instead of calling MKL per tiny matrix-vector product."""
-    fused = False
 
     def forward(self, x):
-        if Linear.fused:
+        if TRACING:
             return (x.unsqueeze(-2) * self.weight).sum(-1) + self.bias
         return F.linear(x, self.weight, self.bias)
 
@@ -401,11 +403,12 @@ def compile_step(learner, example_inputs):
     def step(*tensors):
         return torch.func.functional_call(learner, dict(zip(names, tensors)), tensors[len(names):])
 
-    Linear.fused = True
+    global TRACING
+    TRACING = True
     try:
         graph = make_fx(step)(*[t.clone() for t in state], *example_inputs)
     finally:
-        Linear.fused = False
+        TRACING = False
     with inductor_config.patch(cpp_wrapper=True, memory_planning=True, compile_threads=1):
         compiled = torch._inductor.standalone_compile(graph, [*state, *example_inputs],
                                                       dynamic_shapes="from_example_inputs")
