@@ -47,9 +47,10 @@ def tensor_bytes(tree):
 
 def run_one(algo, mode, args, workdir):
     run_name = f"bench_{algo}_{mode}"
-    cmd = [sys.executable, str(REPO / f"{algo}.py"), "--env", args.env, "--total-timesteps", str(args.steps),
+    steps, warmup = (args.steps, args.warmup) if mode == "on" else (args.eager_steps, args.eager_warmup)
+    cmd = [sys.executable, str(REPO / f"{algo}.py"), "--env", args.env, "--total-timesteps", str(steps),
            "--seed", "1", "--log-every", str(args.log_every), "--compile", mode, "--run-name", run_name,
-           "--checkpoint-every", str(args.steps // 2)]
+           "--checkpoint-every", str(steps // 2)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     pin = (lambda: os.sched_setaffinity(0, {args.cpu})) if args.cpu >= 0 else None
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -61,7 +62,7 @@ def run_one(algo, mode, args, workdir):
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
     run_dir = Path(workdir) / "runs" / run_name
     logs = read_scalars(run_dir)
-    after = lambda tag: [v for step, v in logs.get(tag, []) if step > args.warmup]
+    after = lambda tag: [v for step, v in logs.get(tag, []) if step > warmup]
     checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
     checkpoint = torch.load(checkpoints[-1], weights_only=False)
     learner = checkpoint["learner"]
@@ -81,14 +82,16 @@ def main():
     parser.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"],
                         help="compile modes to measure (on: compiled update, off: eager)")
     parser.add_argument("--env", default="Hopper-v4")
-    parser.add_argument("--steps", type=int, default=40_000, help="environment steps per measurement")
-    parser.add_argument("--warmup", type=int, default=10_000, help="steps left out of the timings")
-    parser.add_argument("--log-every", type=int, default=2_000)
+    parser.add_argument("--steps", type=int, default=40_000, help="environment steps per compiled measurement")
+    parser.add_argument("--warmup", type=int, default=10_000, help="steps left out of the compiled timings")
+    parser.add_argument("--eager-steps", type=int, default=10_000, help="environment steps per eager measurement")
+    parser.add_argument("--eager-warmup", type=int, default=4_000, help="steps left out of the eager timings")
+    parser.add_argument("--log-every", type=int, default=1_000)
     parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
                         help="CPU to pin each run to (-1: no pinning)")
     args = parser.parse_args()
-    if args.warmup >= args.steps:
-        parser.error("--warmup must be smaller than --steps")
+    if args.warmup >= args.steps or args.eager_warmup >= args.eager_steps:
+        parser.error("the warm-up must be shorter than the measurement")
     import gymnasium as gym
 
     probe = gym.make(args.env)
@@ -106,7 +109,8 @@ def main():
                 rows.append((algo, mode, run_one(algo, mode, args, workdir)))
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
-    print(f"\n{args.env}, {args.steps} steps per run, timings after step {args.warmup}; {cpu}, "
+    print(f"\n{args.env}; compiled: {args.steps} steps per run, timings after step {args.warmup}; eager: "
+          f"{args.eager_steps} steps, after step {args.eager_warmup}; {cpu}, "
           f"{os.cpu_count()} cores, pinned to CPU {args.cpu}, torch {torch.__version__} (1 thread), "
           f"{datetime.date.today()}\n")
     print("| script | update | env steps/s | update p50 (us) | update p99 (us) | peak RSS (MB) | learner state (KB) "
