@@ -196,6 +196,45 @@ def test_one_avg_update_matches_a_plain_autograd_implementation():
             torch.testing.assert_close(p, q.detach(), rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("frozen", ["actor", "critic"])
+def test_each_loss_moves_only_its_own_network(frozen):
+    """With one network's step size at 0, that network stays put and the other takes exactly the step the
+    plain-autograd reference takes from its own loss alone: the actor's loss never moves the critic's
+    parameters and the critic's loss never moves the actor's."""
+    learner = make_learner()
+    obs, noise, log_prob = torch.zeros(5), torch.zeros(2), torch.zeros(())
+    for raw, r, term, noises in random_transitions(20):
+        _, log_prob, obs, _ = learner(obs, noise, log_prob, raw, r, term, noises)
+        noise = noises[1]
+    getattr(learner, f"{frozen}_opt").lr = 0.0
+    moving = "critic" if frozen == "actor" else "actor"
+    raw, r, term, noises = random_transitions(1, seed=11)[0]
+    before = copy.deepcopy(learner)
+    before.td_scaler.update((r - before.eta * log_prob).double(), (before.gamma * (1 - term)).double())
+    reference = dict(zip(["actor", "critic"], reference_update(before, obs, noise, raw, r, term, noises,
+                                                               before.td_scaler.sigma())))
+    frozen_before = copy.deepcopy(getattr(learner, frozen).state_dict())
+    learner(obs, noise, log_prob, raw, r, term, noises)
+    for name, p in getattr(learner, frozen).state_dict().items():
+        assert torch.equal(p, frozen_before[name]), name
+    changed = False
+    for (name, p), q in zip(getattr(learner, moving).named_parameters(), reference[moving].parameters()):
+        torch.testing.assert_close(p, q.detach(), rtol=1e-4, atol=1e-6, msg=name)
+        changed |= not torch.equal(p, getattr(before, moving).state_dict()[name])
+    assert changed
+
+
+def test_same_seed_gives_the_same_returns_twice(tmp_path):
+    from helpers import run_script, scalars
+    returns = []
+    for name in ("first", "second"):
+        out = run_script("avg.py", "--env", "Hopper-v4", "--total-timesteps", 400, "--seed", 7, "--compile", "off",
+                         "--run-name", name, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        returns.append(scalars(tmp_path / "runs" / name)["charts/episodic_return"])
+    assert len(returns[0]) >= 3 and returns[0] == returns[1]
+
+
 def test_target_network_is_polyak_averaged():
     learner = make_learner(target_tau=0.25)
     target_before = [p.clone() for p in learner.target.parameters()]
