@@ -170,8 +170,9 @@ def test_normalization_ablation_recipe_end_to_end(tmp_path):
 
 
 RECIPES = {  # recipe: (variants, default environments x seeds, a flag each variant's command must carry)
-    "avg_vs_baselines.py": (5, "5 env(s) x 30 seed(s)", {"sac-batch": "--buffer-size 1000000 --batch-size 256",
-                                                         "td3-1": "td3_incremental.py", "iac": "--no-obs-norm"}),
+    "avg_vs_baselines.py": (6, "5 env(s) x 30 seed(s)", {"sac-batch": "--buffer-size 1000000 --batch-size 256",
+                                                         "td3-1": "td3_incremental.py", "iac": "--no-obs-norm",
+                                                         "stream_ac": "stream_ac.py"}),
     "normalization_ablation.py": (8, "5 env(s) x 30 seed(s)", {"avg-none": "--no-obs-norm --feature-norm none "
                                                                            "--no-scale-td"}),
     "plus_variants.py": (7, "5 env(s) x 30 seed(s)", {"sac-1+": "--buffer-size 1 --batch-size 1 --learning-starts 0 "
