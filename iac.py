@@ -579,9 +579,14 @@ def main(args, given=frozenset()):
     print(f"{ALGO}.py ({variant}) on {args.env}: {hyperparams}; logging to {run_dir}")
     if args.track:
         import wandb
-        wandb_id = wandb_id or wandb.util.generate_id()
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=args.run_name, id=wandb_id, resume="allow", save_code=True)
+        wandb_id = wandb_id or os.urandom(4).hex()  # kept in checkpoints, so a resumed run continues this one
+        try:
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                       config=vars(args), name=args.run_name, id=wandb_id, resume="allow", save_code=True)
+        except Exception as e:  # not logged in, no network, bad entity: wandb's own exception types vary
+            env.close()
+            raise RunError(f"wandb did not start: {str(e).strip().splitlines()[0]} (WANDB_MODE=offline logs "
+                           "locally)") from None
     from torch.utils.tensorboard import SummaryWriter
     writer = SummaryWriter(str(run_dir), purge_step=global_step + 1 if checkpoint else None)  # hide logs past it
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +

@@ -26,8 +26,9 @@ def load_checkpoint(algo, path):
 @per_script
 def test_a_short_run_logs_what_a_researcher_reads(tmp_path, algo):
     out = run_script(f"{algo}.py", "--env", "Hopper-v4", "--total-timesteps", 1200, "--log-every", 400,
-                     "--compile", "off", "--seed", 3, "--run-name", "e2e", "--save-model", cwd=tmp_path)
+                     "--compile", "off", "--seed", 3, "--run-name", "e2e", "--save-model", "--track", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))) == 1  # WANDB_MODE=offline (helpers)
     run = tmp_path / "runs" / "e2e"
     tags = scalars(run)
     for tag in ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "losses/actor_loss",
@@ -194,7 +195,8 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, algo):
               "--save-model"]
     whole = run_script(f"{algo}.py", *common, "--run-name", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
-    proc = start_script(f"{algo}.py", *common, "--run-name", "cut", "--checkpoint-every", 300, cwd=tmp_path)
+    proc = start_script(f"{algo}.py", *common, "--run-name", "cut", "--checkpoint-every", 300, "--track",
+                        cwd=tmp_path)
     checkpoints = tmp_path / "runs" / "cut" / "checkpoints"
     deadline = time.time() + 120
     while not list(checkpoints.glob("step_*.pt")) and time.time() < deadline and proc.poll() is None:
@@ -205,6 +207,8 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, algo):
     resumed = run_script(f"{algo}.py", "--resume", tmp_path / "runs" / "cut", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming cut" in resumed.stdout
+    wandb_runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2 and len({run.name.rsplit("-", 1)[1] for run in wandb_runs}) == 1  # the same run id
     a = torch.load(tmp_path / "runs" / "whole" / f"{algo}.model", weights_only=False)
     b = torch.load(tmp_path / "runs" / "cut" / f"{algo}.model", weights_only=False)
     for network in ("actor", "critic"):
