@@ -14,6 +14,7 @@ import random
 import signal
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -714,6 +715,10 @@ def main(args, given=frozenset()):
     except robots.RobotError as e:  # the environment has already stopped the robot
         path = save_checkpoint(mid_episode=True)
         exit_code, message = 4, f"robot error at step {global_step}: {e}; resume with --resume {path}"
+    except Exception:  # a bug or failure in the environment or a library: show where, and keep the run
+        traceback.print_exc()
+        path = save_checkpoint(mid_episode=True)
+        exit_code, message = 1, f"failed at step {global_step} (above); resume with --resume {path}"
     finally:
         env.close()
         writer.close()

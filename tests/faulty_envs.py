@@ -41,6 +41,8 @@ class PointEnv(gym.Env):
                 reward = 1e39
             elif self.fault == "huge_observation":  # finite, but without any normalisation the values overflow float32
                 obs[0] = 3e38
+            elif self.fault == "crash":  # a simulator that blows up, a driver with a bug
+                raise RuntimeError("the simulator blew up")
         return obs, reward, False, self.t >= self.episode_length, {}
 
 
@@ -48,4 +50,5 @@ gym.register("NanObservation-v0", entry_point=PointEnv, kwargs={"fault": "nan_ob
 gym.register("NanReward-v0", entry_point=PointEnv, kwargs={"fault": "nan_reward"})
 gym.register("HugeReward-v0", entry_point=PointEnv, kwargs={"fault": "huge_reward"})
 gym.register("HugeObservation-v0", entry_point=PointEnv, kwargs={"fault": "huge_observation"})
+gym.register("Crash-v0", entry_point=PointEnv, kwargs={"fault": "crash"})
 gym.register("Point-v0", entry_point=PointEnv)

@@ -159,6 +159,18 @@ def test_every_script_stops_on_non_finite_input(tmp_path, algo, env, culprit):
 
 
 @per_script
+def test_an_environment_crash_shows_its_traceback_and_keeps_the_run(tmp_path, algo):
+    out = run_script(f"{algo}.py", "--env", "faulty_envs:Crash-v0", "--total-timesteps", 200, "--compile", "off",
+                     "--run-name", "crash", cwd=tmp_path)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert "RuntimeError: the simulator blew up" in out.stderr and "Traceback" in out.stderr
+    assert lines[-1].startswith(f"{algo}.py: failed at step 49 (above); resume with --resume"), lines[-1]
+    checkpoint, _ = load_checkpoint(algo, tmp_path / "runs" / "crash")
+    assert checkpoint["global_step"] == 49 and checkpoint["mid_episode"]
+
+
+@per_script
 def test_skip_mode_goes_on_from_a_good_next_state(tmp_path, algo):
     """A non-finite reward with a good S': no update, and the run goes on from S' (the env raises if a non-finite
     action ever reaches it)."""
