@@ -4,7 +4,7 @@ no batch update. One update per environment step, on the latest transition only.
     python avg.py --env Hopper-v4
 
 Vasan et al., "Deep Policy Gradient Methods Without Batch Updates, Target Networks, or Replay Buffers",
-NeurIPS 2024 (arXiv 2411.15370). Definitions and hyperparameters: SPEC.md sections 1-4.
+NeurIPS 2024 (arXiv 2411.15370). Definitions and hyperparameters: docs/algorithms.md sections 1-4.
 """
 import copy
 import json
@@ -98,7 +98,7 @@ class Args:
     """simulated robots: pace each step to the real robot's cycle"""
 
 
-# Published hyperparameters (SPEC.md 1): actor lr, critic lr, beta1, entropy coefficient, gamma.
+# Published hyperparameters (algorithms.md 1): actor lr, critic lr, beta1, entropy coefficient, gamma.
 HYPERPARAMS = {
     "Hopper": (1.1e-5, 7.7e-5, 0.0, 0.3, 0.99),
     "Walker2d": (1.1e-5, 7.7e-5, 0.0, 0.3, 0.99),
@@ -131,7 +131,7 @@ def resolve_hyperparams(args):
 # checkpoint and compile_step() can trace the update with the state as graph inputs. Scalars are float64
 # tensors of shape (1,).
 class RunningMeanVar(nn.Module):
-    """Welford's running mean and sample variance, one sample at a time (SPEC.md 2)."""
+    """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
     def __init__(self, shape=(1,)):
         super().__init__()
@@ -158,7 +158,7 @@ class RunningMeanVar(nn.Module):
 
 
 class TDErrorScaler(nn.Module):
-    """sigma_delta^2 = Var[R] + Var[gamma_t] E[G^2] (return-based scaling, SPEC.md 4). As in the authors' code,
+    """sigma_delta^2 = Var[R] + Var[gamma_t] E[G^2] (return-based scaling, algorithms.md 4). As in the authors' code,
     R is entropy-augmented (R - eta log pi(A|S)) and G is the undiscounted sum of those rewards. gamma_t is 0
     at termination, gamma otherwise (truncation included). sigma = 1 until the first episode has ended."""
 
@@ -202,7 +202,7 @@ class FeatureNorm(nn.Module):
         self.kind = kind
 
     def forward(self, h):
-        if self.kind == "penultimate":  # psi / ||psi||_2 (SPEC.md 3)
+        if self.kind == "penultimate":  # psi / ||psi||_2 (algorithms.md 3)
             return F.normalize(h, dim=-1)
         if self.kind == "layer":
             return F.layer_norm(h, h.shape[-1:])
@@ -340,7 +340,7 @@ class AVG(nn.Module):
         self.register_buffer("metrics", torch.zeros(6, dtype=torch.float64))
 
     def normalize(self, raw_obs):
-        """Adds the observation to the running statistics, then normalises it (SPEC.md 2)."""
+        """Adds the observation to the running statistics, then normalises it (algorithms.md 2)."""
         if not self.obs_norm:
             return raw_obs.float()
         self.obs_stats.update(raw_obs.double())
@@ -365,7 +365,7 @@ class AVG(nn.Module):
         return actor_loss, (delta, actor_loss.detach(), log_prob.detach(), q.detach())
 
     def forward(self, obs, noise, log_prob, raw_next_obs, reward, terminated, noises):
-        """One AVG update on (S, A, R, S') (SPEC.md 1), then the next action from the updated actor.
+        """One AVG update on (S, A, R, S') (algorithms.md 1), then the next action from the updated actor.
 
         obs, noise and log_prob describe the action just taken: S (normalised), the Gaussian noise that drew A,
         and log pi(A|S). noises[0] draws A' for the target, noises[1] the next action. Both networks' gradients

@@ -5,7 +5,7 @@ replay buffer, no target network and no batch.
     python iac.py --env Hopper-v4                                              # IAC
     python iac.py --env Hopper-v4 --obs-norm --feature-norm penultimate --scale-td   # IAC+
 
-Per step (SPEC.md 5), with S the (optionally normalised) observation and A = tanh(u), u ~ N(mu(S), std(S)):
+Per step (algorithms.md 5), with S the (optionally normalised) observation and A = tanh(u), u ~ N(mu(S), std(S)):
     delta = (R + gamma (1 - terminated) V(S') - V(S)) / sigma_delta       (sigma_delta = 1 without --scale-td)
     critic: minimise delta^2;  actor: ascend delta * grad log pi(A|S) + eta * grad H(pi(.|S))
 A is sampled without gradient (likelihood ratio, no reparameterisation) and delta is a constant in the actor's
@@ -14,7 +14,7 @@ gradient. H is the closed-form entropy of the pre-squash Gaussian, as in the aut
 The policy is AVG's: std = exp(log_std), log_std clamped to [-20, 2]. (The authors' IAC passes exp(log_std) to
 MultivariateNormal as the covariance, so there the head is in effect a log variance and std is at most e.)
 
-The TD-error scaler (--scale-td, SPEC.md 4) receives the raw rewards, as the authors' IAC does (IAC's TD error
+The TD-error scaler (--scale-td, algorithms.md 4) receives the raw rewards, as the authors' IAC does (IAC's TD error
 contains no entropy term, so entropy-augmented rewards would misstate its scale), and, like avg.py, the
 undiscounted episode return G (the authors' IAC accumulated a discounted G).
 
@@ -116,7 +116,7 @@ class Args:
 # As in avg.py: all learner state is parameters and buffers of nn.Modules (state_dict() is the checkpoint, and
 # compile_step() passes the state to the compiled graph); scalars are float64 tensors of shape (1,).
 class RunningMeanVar(nn.Module):
-    """Welford's running mean and sample variance, one sample at a time (SPEC.md 2)."""
+    """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
     def __init__(self, shape=(1,)):
         super().__init__()
@@ -141,8 +141,8 @@ class RunningMeanVar(nn.Module):
 
 
 class TDErrorScaler(nn.Module):
-    """sigma_delta^2 = Var[R] + Var[gamma_t] E[G^2] (return-based scaling, SPEC.md 4). Here R is the raw reward and
-    G the undiscounted episode return (module docstring). gamma_t is 0 at termination, gamma otherwise.
+    """sigma_delta^2 = Var[R] + Var[gamma_t] E[G^2] (return-based scaling, algorithms.md 4). Here R is the raw
+    reward and G the undiscounted episode return (module docstring). gamma_t is 0 at termination, gamma otherwise.
     sigma = 1 until the first episode has ended."""
 
     def __init__(self):
@@ -185,7 +185,7 @@ class FeatureNorm(nn.Module):
         self.kind = kind
 
     def forward(self, h):
-        if self.kind == "penultimate":  # psi / ||psi||_2 (SPEC.md 3)
+        if self.kind == "penultimate":  # psi / ||psi||_2 (algorithms.md 3)
             return F.normalize(h, dim=-1)
         if self.kind == "layer":
             return F.layer_norm(h, h.shape[-1:])
@@ -331,7 +331,7 @@ class IAC(nn.Module):
         self.register_buffer("metrics", torch.zeros(6, dtype=torch.float64))
 
     def normalize(self, raw_obs):
-        """Adds the observation to the running statistics, then normalises it (SPEC.md 2)."""
+        """Adds the observation to the running statistics, then normalises it (algorithms.md 2)."""
         if not self.obs_norm:
             return raw_obs.float()
         self.obs_stats.update(raw_obs.double())
@@ -356,7 +356,7 @@ class IAC(nn.Module):
         return actor_loss + delta.square(), (delta.detach(), actor_loss.detach(), ent.detach(), v.detach())
 
     def forward(self, obs, u, raw_next_obs, reward, terminated, noise):
-        """One IAC update on (S, A, R, S') (SPEC.md 5), then the next action from the updated actor.
+        """One IAC update on (S, A, R, S') (algorithms.md 5), then the next action from the updated actor.
 
         obs is S (normalised) and u the pre-squash sample that gave A = tanh(u); noise draws the next action.
         An update with a non-finite loss or gradient is not applied (ok=False)."""

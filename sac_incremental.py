@@ -7,7 +7,7 @@ latest transition) by default, batch SAC with the usual settings, and every size
 
 Twin critics, Polyak-averaged target critics and a learned temperature (target entropy -|A|), as in Haarnoja
 et al. 2018; one gradient update per environment step. The AVG paper (arXiv 2411.15370) compares AVG with
-SAC-1 and batch SAC, and adds the three normalisation/scaling techniques to make SAC-1+ (SPEC.md 2-5).
+SAC-1 and batch SAC, and adds the three normalisation/scaling techniques to make SAC-1+ (docs/algorithms.md 2-5).
 """
 import copy
 import json
@@ -113,7 +113,7 @@ class Args:
 # checkpoint and compile_step() can trace the update with the state as graph inputs. Scalars are float64
 # tensors of shape (1,).
 class RunningMeanVar(nn.Module):
-    """Welford's running mean and sample variance, one sample at a time (SPEC.md 2)."""
+    """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
     def __init__(self, shape=(1,)):
         super().__init__()
@@ -140,7 +140,7 @@ class RunningMeanVar(nn.Module):
 
 
 class TDErrorScaler(nn.Module):
-    """sigma_delta^2 = Var[R] + Var[gamma_t] E[G^2] (return-based scaling, SPEC.md 4). As in the authors' code,
+    """sigma_delta^2 = Var[R] + Var[gamma_t] E[G^2] (return-based scaling, algorithms.md 4). As in the authors' code,
     R is entropy-augmented (R - eta log pi(A|S)) and G is the undiscounted sum of those rewards. gamma_t is 0
     at termination, gamma otherwise (truncation included). sigma = 1 until the first episode has ended."""
 
@@ -184,7 +184,7 @@ class FeatureNorm(nn.Module):
         self.kind = kind
 
     def forward(self, h):
-        if self.kind == "penultimate":  # psi / ||psi||_2 (SPEC.md 3)
+        if self.kind == "penultimate":  # psi / ||psi||_2 (algorithms.md 3)
             return F.normalize(h, dim=-1)
         if self.kind == "layer":
             return F.layer_norm(h, h.shape[-1:])
@@ -375,7 +375,7 @@ class SAC(nn.Module):
         self.register_buffer("metrics", torch.zeros(7, dtype=torch.float64))
 
     def normalize(self, raw_obs):
-        """Adds the observation to the running statistics, then normalises it (SPEC.md 2)."""
+        """Adds the observation to the running statistics, then normalises it (algorithms.md 2)."""
         if not self.obs_norm:
             return raw_obs.float()
         self.obs_stats.update(raw_obs.double())

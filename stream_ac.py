@@ -4,7 +4,8 @@
     python stream_ac.py --env Hopper-v4
     python stream_ac.py --env Hopper-v4 --optimizer adaptive
 
-Elsayed, Vasan and Mahmood, "Streaming Deep Reinforcement Learning Finally Works" (arXiv 2410.14606); SPEC.md 6.
+Elsayed, Vasan and Mahmood, "Streaming Deep Reinforcement Learning Finally Works" (arXiv 2410.14606);
+definitions in docs/algorithms.md 6.
 Per step, with S the normalised observation and A ~ N(mu(S), std(S)), std = softplus(.):
     R <- R / std(u), where u <- gamma u + R is the episode's discounted return so far     (--reward-scale)
     delta = R + gamma (1 - terminated) V(S') - V(S)
@@ -16,7 +17,8 @@ entropy term's form is the authors' code's). Both networks' gradients use the pr
 u are reset at every episode end (termination or truncation). --optimizer adaptive replaces z, in the bound and
 the update, by z / sqrt(v_hat + eps), v_hat the bias-corrected running mean of (delta z)^2 (beta2 0.999).
 
-Choices where SPEC.md is silent or where this script departs from the authors' code (stream_ac_continuous.py):
+Choices where docs/algorithms.md is silent or where this script departs from the authors' code
+(stream_ac_continuous.py):
 - log pi(A|S) is the Gaussian density of the unclipped sample A; only the action sent to the environment is
   clipped to the action space (as the authors do).
 - Truncation (a time limit) bootstraps, as in every script of this project; the authors' code treats it as
@@ -132,7 +134,7 @@ class Args:
 # As in avg.py: all learner state is parameters and buffers of nn.Modules (state_dict() is the checkpoint, and
 # compile_step() passes the state to the compiled graph); scalars are float64 tensors of shape (1,).
 class RunningMeanVar(nn.Module):
-    """Welford's running mean and sample variance, one sample at a time (SPEC.md 2)."""
+    """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
     def __init__(self, shape=(1,)):
         super().__init__()
@@ -250,8 +252,8 @@ class Critic(nn.Module):
 
 
 class ObGD(nn.Module):
-    """Overshooting-bounded gradient descent on an eligibility trace (SPEC.md 6), written out so that it fuses into
-    the compiled step. The trace (and, adaptive, the second moment v) live in zeroed copies of the network under
+    """Overshooting-bounded gradient descent on an eligibility trace (algorithms.md 6), written out so that it fuses
+    into the compiled step. The trace (and, adaptive, the second moment v) live in zeroed copies of the network under
     the parameters' own names. propose() computes the new state; apply() writes it only where `ok` is true, so a
     non-finite value never reaches the weights or the traces."""
 
@@ -333,7 +335,7 @@ class StreamAC(nn.Module):
         self.register_buffer("metrics", torch.zeros(10, dtype=torch.float64))
 
     def observe(self, raw_obs, t):
-        """Adds the observation to the running statistics, normalises it (SPEC.md 2), appends the time feature."""
+        """Adds the observation to the running statistics, normalises it (algorithms.md 2), appends the time feature."""
         obs = raw_obs.float()
         if self.obs_norm:
             self.obs_stats.update(raw_obs.double())
@@ -360,7 +362,7 @@ class StreamAC(nn.Module):
         return v + log_pi + self.eta * torch.sign(delta) * ent, (delta, actor_loss.detach(), ent.detach(), v.detach())
 
     def forward(self, obs, sample, raw_next_obs, reward, terminated, next_t, noise):
-        """One Stream AC(lambda) update on (S, A, R, S') (SPEC.md 6), then the next action from the updated actor.
+        """One Stream AC(lambda) update on (S, A, R, S') (algorithms.md 6), then the next action from the updated actor.
 
         obs is S (normalised, with its time feature), sample the unclipped A, next_t the time feature of S';
         noise draws the next action. An update with a non-finite value is not applied (ok=False)."""

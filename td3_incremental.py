@@ -8,7 +8,7 @@ transition) by default, batch TD3 with the usual settings, and every size in bet
 A deterministic actor with Gaussian exploration noise, twin critics, target policy smoothing, delayed actor and
 target updates (Fujimoto et al. 2018); one critic update per environment step. The AVG paper (arXiv
 2411.15370) compares AVG with TD3-1 and batch TD3, and adds the three normalisation/scaling techniques to make
-TD3-1+ (SPEC.md 2-5).
+TD3-1+ (docs/algorithms.md 2-5).
 """
 import copy
 import json
@@ -120,7 +120,7 @@ class Args:
 # checkpoint and compile_step() can trace the update with the state as graph inputs. Scalars are float64
 # tensors of shape (1,).
 class RunningMeanVar(nn.Module):
-    """Welford's running mean and sample variance, one sample at a time (SPEC.md 2)."""
+    """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
     def __init__(self, shape=(1,)):
         super().__init__()
@@ -147,7 +147,7 @@ class RunningMeanVar(nn.Module):
 
 
 class TDErrorScaler(nn.Module):
-    """sigma_delta^2 = Var[R] + Var[gamma_t] E[G^2] (return-based scaling, SPEC.md 4). As in the authors' code,
+    """sigma_delta^2 = Var[R] + Var[gamma_t] E[G^2] (return-based scaling, algorithms.md 4). As in the authors' code,
     R is entropy-augmented (R - eta log pi(A|S)) and G is the undiscounted sum of those rewards. gamma_t is 0
     at termination, gamma otherwise (truncation included). sigma = 1 until the first episode has ended."""
 
@@ -191,7 +191,7 @@ class FeatureNorm(nn.Module):
         self.kind = kind
 
     def forward(self, h):
-        if self.kind == "penultimate":  # psi / ||psi||_2 (SPEC.md 3)
+        if self.kind == "penultimate":  # psi / ||psi||_2 (algorithms.md 3)
             return F.normalize(h, dim=-1)
         if self.kind == "layer":
             return F.layer_norm(h, h.shape[-1:])
@@ -371,7 +371,7 @@ class TD3(nn.Module):
         self.register_buffer("metrics", torch.zeros(6, dtype=torch.float64))
 
     def normalize(self, raw_obs):
-        """Adds the observation to the running statistics, then normalises it (SPEC.md 2)."""
+        """Adds the observation to the running statistics, then normalises it (algorithms.md 2)."""
         if not self.obs_norm:
             return raw_obs.float()
         self.obs_stats.update(raw_obs.double())

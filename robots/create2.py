@@ -1,4 +1,5 @@
-"""Create2Mover-v0: SenseAct's Create-Mover on an iRobot Create 2 (SPEC.md 7), simulated in MuJoCo or on the robot.
+"""Create2Mover-v0: SenseAct's Create-Mover on an iRobot Create 2, simulated in MuJoCo or on the robot (the task:
+robots/README.md).
 
 The robot drives its two wheels and is rewarded for moving forward; a bump, a wheel drop or a cliff stops the wheels
 and ends the episode, and the next reset backs away from the obstacle and turns a random angle. It sees its six

@@ -1,4 +1,5 @@
-"""UR5Reacher-v0: SenseAct's UR-Reacher-2 on a UR5 arm (SPEC.md 7), simulated in MuJoCo or on the real arm.
+"""UR5Reacher-v0: SenseAct's UR-Reacher-2 on a UR5 arm, simulated in MuJoCo or on the real arm (the task:
+robots/README.md).
 
 Two joints move (shoulder lift and elbow, indices 1 and 2) under joint-velocity control; the others hold a reference
 pose that puts the arm's working plane on the base frame's y-z plane. Each episode the arm starts at the reference

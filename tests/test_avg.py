@@ -149,7 +149,7 @@ def test_adam_matches_torch_optim(beta1):
 
 
 def reference_update(learner, obs, noise, raw_next_obs, reward, terminated, noises, sigma):
-    """One AVG update written the usual way: modules, .backward(), torch.optim.Adam (SPEC.md 1)."""
+    """One AVG update written the usual way: modules, .backward(), torch.optim.Adam (algorithms.md 1)."""
     actor, critic = copy.deepcopy(learner.actor).requires_grad_(True), copy.deepcopy(learner.critic).requires_grad_(True)
     optimizers = []
     for net, ours in [(actor, learner.actor_opt), (critic, learner.critic_opt)]:
