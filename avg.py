@@ -160,7 +160,9 @@ class RunningMeanVar(nn.Module):
 class TDErrorScaler(nn.Module):
     """sigma_delta^2 = Var[R] + Var[gamma_t] E[G^2] (return-based scaling, algorithms.md 4). As in the authors' code,
     R is entropy-augmented (R - eta log pi(A|S)) and G is the undiscounted sum of those rewards. gamma_t is 0
-    at termination, gamma otherwise (truncation included). sigma = 1 until the first episode has ended."""
+    at termination, gamma otherwise (truncation included). sigma = 1 until the first episode has ended.
+    G is recorded at every episode end; the authors' released avg.py records it only at termination and carries
+    the sum over a truncation into the next episode, which mixes two episodes' returns into one G."""
 
     def __init__(self):
         super().__init__()
@@ -225,7 +227,11 @@ def orthogonal_init(module):
 
 
 class Actor(nn.Module):
-    """Squashed Gaussian policy: A = tanh(mu + std * noise), with log pi(A|S) corrected for the tanh."""
+    """Squashed Gaussian policy: A = tanh(mu + std * noise), with log pi(A|S) corrected for the tanh.
+
+    std = exp(log_std), log_std clamped to [-20, 2], as algorithms.md 1 defines it. (The authors' released avg.py
+    passes exp(log_std) to MultivariateNormal as the covariance, so there the head is in effect a log variance:
+    std = exp(log_std / 2), at most e. Not tried here at length; it changes the policy's scale and step sizes.)"""
 
     def __init__(self, obs_dim, act_dim, hidden, feature_norm):
         super().__init__()
