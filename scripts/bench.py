@@ -23,16 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plot import read_scalars  # scripts/plot.py
+
 REPO = Path(__file__).resolve().parent.parent
 ALGOS = ["avg", "iac", "sac_incremental", "td3_incremental", "stream_ac"]
-
-
-def read_scalars(run_dir):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def tensor_bytes(tree):
@@ -61,8 +55,12 @@ def run_one(algo, mode, args, workdir):
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
     run_dir = Path(workdir) / "runs" / run_name
-    logs = read_scalars(run_dir)
-    after = lambda tag: [v for step, v in logs.get(tag, []) if step > warmup]
+
+    def after(tag):  # the values logged after the warm-up
+        steps, values = read_scalars(run_dir, tag)
+        return values[steps > warmup]
+
+    compile_s = read_scalars(run_dir, "charts/compile_seconds")[1]
     checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
     checkpoint = torch.load(checkpoints[-1], weights_only=False)
     learner = checkpoint["learner"]
@@ -73,7 +71,7 @@ def run_one(algo, mode, args, workdir):
             "rss_mb": usage.ru_maxrss / 1024,
             "state_kb": (tensor_bytes(learner) - tensor_bytes(replay)) / 1024,
             "buffer_kb": tensor_bytes(replay) / 1024,
-            "compile_s": logs["charts/compile_seconds"][0][1] if "charts/compile_seconds" in logs else None}
+            "compile_s": float(compile_s[0]) if len(compile_s) else None}
 
 
 def main():

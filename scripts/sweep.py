@@ -409,15 +409,22 @@ def add_sweep_args(parser):
     parser.add_argument("--exp-name", help="experiment name, the grouping key of plot.py (default: the algorithm)")
 
 
-def parse_sweep_cli(parser, argv):
-    """argparse for the sweep's own options; anything it does not know passes through to the algorithm script."""
+def parse_known_with_passthrough(parser, argv):
+    """parser's own options, and the rest (unknown options, and everything after `--`) checked for passing
+    through to the algorithm script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     tail = []
     if "--" in argv:
         i = argv.index("--")
         argv, tail = argv[:i], argv[i + 1:]
     args, unknown = parser.parse_known_args(argv)
-    args.extra = check_extra(unknown + tail)
+    return args, check_extra(unknown + tail)
+
+
+def parse_sweep_cli(parser, argv):
+    """argparse for the sweep's own options; anything it does not know passes through to the algorithm script."""
+    args, extra = parse_known_with_passthrough(parser, argv)
+    args.extra = extra
     args.seeds = parse_seeds(args.seeds)
     args.envs = parse_envs(args.envs)
     args.exp_name = args.exp_name or args.algo

@@ -177,13 +177,7 @@ def reference_update(learner, obs, noise, raw_next_obs, reward, terminated, nois
 
 def test_one_avg_update_matches_a_plain_autograd_implementation():
     learner = make_learner()
-    # a few updates first, so that sigma != 1 and the statistics are non-trivial
-    obs, noise, log_prob = torch.zeros(5), torch.zeros(2), torch.zeros(())
-    for raw, r, term, noises in random_transitions(30):
-        _, log_prob, obs, _ = learner(obs, noise, log_prob, raw, r, term, noises)
-        noise = noises[1]
-        if term:
-            learner.td_scaler.end_episode()
+    obs, noise, log_prob = warm_up(learner, 30)
     raw, r, term, noises = random_transitions(1, seed=9)[0]
     before = copy.deepcopy(learner)
     learner.td_scaler.update((r - learner.eta * log_prob).double(), (learner.gamma * (1 - term)).double())
@@ -196,16 +190,25 @@ def test_one_avg_update_matches_a_plain_autograd_implementation():
             torch.testing.assert_close(p, q.detach(), rtol=1e-4, atol=1e-6, msg=name)
 
 
+def warm_up(learner, n):
+    """n updates on random transitions, so that sigma != 1 and the statistics and Adam moments are non-trivial;
+    returns the (obs, noise, log_prob) of the action to be taken next."""
+    obs, noise, log_prob = torch.zeros(5), torch.zeros(2), torch.zeros(())
+    for raw, r, term, noises in random_transitions(n):
+        _, log_prob, obs, _ = learner(obs, noise, log_prob, raw, r, term, noises)
+        noise = noises[1]
+        if term:
+            learner.td_scaler.end_episode()
+    return obs, noise, log_prob
+
+
 @pytest.mark.parametrize("frozen", ["actor", "critic"])
 def test_each_loss_moves_only_its_own_network(frozen):
     """With one network's step size at 0, that network stays put and the other takes exactly the step the
     plain-autograd reference takes from its own loss alone: the actor's loss never moves the critic's
     parameters and the critic's loss never moves the actor's."""
     learner = make_learner()
-    obs, noise, log_prob = torch.zeros(5), torch.zeros(2), torch.zeros(())
-    for raw, r, term, noises in random_transitions(20):
-        _, log_prob, obs, _ = learner(obs, noise, log_prob, raw, r, term, noises)
-        noise = noises[1]
+    obs, noise, log_prob = warm_up(learner, 20)
     getattr(learner, f"{frozen}_opt").lr = 0.0
     moving = "critic" if frozen == "actor" else "actor"
     raw, r, term, noises = random_transitions(1, seed=11)[0]

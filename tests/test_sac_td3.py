@@ -56,6 +56,18 @@ def torch_adam(net, lr, beta1):
     return torch.optim.Adam(net.parameters(), lr=lr, betas=(beta1, 0.999))
 
 
+@torch.no_grad()
+def polyak_(target, net, tau):
+    for tp, p in zip(target.parameters(), net.parameters()):
+        tp.lerp_(p, tau)
+
+
+def assert_same_parameters(pairs):
+    for ours, ref in pairs:
+        for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q.detach(), rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_sac_updates_match_a_plain_autograd_implementation():
     learner, args = make(sac, sac.SAC, buffer_size=4, batch_size=3, scale_td=True)
     actor = copy.deepcopy(learner.actor).requires_grad_(True)
@@ -89,16 +101,12 @@ def test_sac_updates_match_a_plain_autograd_implementation():
         alpha_opt.zero_grad()
         (-(log_alpha * (log_prob.detach() - ACT)).mean()).backward()
         alpha_opt.step()
-        with torch.no_grad():
-            for tp, p in zip(target.parameters(), critic.parameters()):
-                tp.lerp_(p, args.tau)
+        polyak_(target, critic, args.tau)
         if t["terminated"]:
             learner.td_scaler.end_episode()
             scaler.end_episode()
     assert sigma.item() != 1.0  # the TD errors were scaled
-    for ours, ref in [(learner.actor, actor), (learner.critic, critic), (learner.target, target)]:
-        for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
-            torch.testing.assert_close(p, q.detach(), rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_parameters([(learner.actor, actor), (learner.critic, critic), (learner.target, target)])
     torch.testing.assert_close(learner.temperature.log_alpha, log_alpha.detach(), rtol=1e-4, atol=1e-7)
 
 
@@ -136,18 +144,14 @@ def test_td3_updates_match_a_plain_autograd_implementation():
             actor_opt.zero_grad()
             (-critic.q1(obs, actor(obs)).mean()).backward()
             actor_opt.step()
-            with torch.no_grad():
-                for target_net, net in [(actor_target, actor), (critic_target, critic)]:
-                    for tp, p in zip(target_net.parameters(), net.parameters()):
-                        tp.lerp_(p, args.tau)
+            polyak_(actor_target, actor, args.tau)
+            polyak_(critic_target, critic, args.tau)
         if t["terminated"]:
             learner.td_scaler.end_episode()
             scaler.end_episode()
     assert sigma.item() != 1.0  # the TD errors were scaled
-    for ours, ref in [(learner.actor, actor), (learner.critic, critic), (learner.actor_target, actor_target),
-                      (learner.critic_target, critic_target)]:
-        for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
-            torch.testing.assert_close(p, q.detach(), rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_parameters([(learner.actor, actor), (learner.critic, critic), (learner.actor_target, actor_target),
+                            (learner.critic_target, critic_target)])
 
 
 def test_td3_smoothing_noise_is_clipped_and_the_actor_waits_its_turn():

@@ -51,14 +51,8 @@ def main(name, title, variants, add_args=None, argv=None):
     slurm.add_slurm_args(parser)
     if add_args:
         add_args(parser)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    tail = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, tail = argv[:i], argv[i + 1:]
     try:
-        args, unknown = parser.parse_known_args(argv)
-        extra = sweep.check_extra(unknown + tail)
+        args, extra = sweep.parse_known_with_passthrough(parser, argv)
         defaults = SMALL if args.small else PAPER
         budget = args.budget or defaults["budget"]
         num_seeds = args.num_seeds or defaults["num_seeds"]
