@@ -26,7 +26,8 @@ import torch
 from plot import read_scalars  # scripts/plot.py
 
 REPO = Path(__file__).resolve().parent.parent
-ALGOS = ["avg", "iac", "sac_incremental", "td3_incremental", "stream_ac"]
+sys.path.insert(0, str(REPO))
+from run_tools import SCRIPTS  # noqa: E402
 
 
 def tensor_bytes(tree):
@@ -76,7 +77,7 @@ def run_one(algo, mode, args, workdir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
+    parser.add_argument("--algos", nargs="+", default=list(SCRIPTS), choices=SCRIPTS)
     parser.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"],
                         help="compile modes to measure (on: compiled update, off: eager)")
     parser.add_argument("--env", default="Hopper-v4")

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ALGOS = ("avg", "iac", "sac_incremental", "td3_incremental", "stream_ac")
+sys.path.insert(0, str(ROOT))
+from run_tools import EXIT_CODES, SCRIPTS  # noqa: E402 (the one list of scripts and table of exit statuses)
+
 RUNS = Path("runs")  # the algorithm scripts write to ./runs, so everything here is relative to the working directory
 DISCARDED = RUNS / ".discarded"  # hidden: plot.py skips it, and a restarted run's old events must not count twice
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SET_BY_SWEEP = ("--env", "--seed", "--run-name", "--exp-name", "--total-timesteps", "--resume")
-EXIT_MEANING = {1: "crashed", 2: "bad input", 3: "stopped on a non-finite loss or observation",
-                130: "interrupted (SIGINT)", 143: "terminated (SIGTERM)"}
 
 
 class SweepError(Exception):
@@ -191,7 +191,7 @@ def explain_exit(code, log_path):
     if code < 0:
         meaning = f"killed by {signal.Signals(-code).name}" + (" (out of memory?)" if -code == 9 else "")
     else:
-        meaning = EXIT_MEANING.get(code, "failed")
+        meaning = EXIT_CODES.get(code, "failed").split(" (")[0]
     line = last_error_line(log_path)
     return f"exit {code}, {meaning}" + (f": {line}" if line else "")
 
@@ -402,7 +402,7 @@ def dry_run(jobs, python=sys.executable, out=sys.stdout):
 # ------------------------------------------------------------------------------------------------- CLI
 def add_sweep_args(parser):
     """The options that define a sweep; scripts/slurm.py submit takes the same ones."""
-    parser.add_argument("algo", choices=ALGOS, help="the algorithm script to run")
+    parser.add_argument("algo", choices=SCRIPTS, help="the algorithm script to run")
     parser.add_argument("--envs", nargs="+", required=True, metavar="ENV", help="environment ids (space or comma separated)")
     parser.add_argument("--seeds", nargs="+", required=True, metavar="SPEC", help="seeds: 1-5, 1,3,7 or 1 2 3")
     parser.add_argument("--total-timesteps", type=parse_steps, help="steps per run (default: the script's, 10M)")

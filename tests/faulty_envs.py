@@ -46,9 +46,31 @@ class PointEnv(gym.Env):
         return obs, reward, False, self.t >= self.episode_length, {}
 
 
+class UnboundedPointEnv(PointEnv):
+    """PointEnv whose action space has no bounds (as some environments declare)."""
+
+    def __init__(self):
+        super().__init__()
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+
+
+class DictPointEnv(PointEnv):
+    """PointEnv whose observation is a Dict of Boxes (as DeepMind Control tasks give)."""
+
+    def __init__(self):
+        super().__init__()
+        self.observation_space = gym.spaces.Dict({"position": gym.spaces.Box(-10.0, 10.0, (2,), np.float64),
+                                                  "time": gym.spaces.Box(0.0, 1.0, (1,), np.float64)})
+
+    def _obs(self):
+        return {"position": self.position.copy(), "time": np.array([self.t / self.episode_length])}
+
+
 gym.register("NanObservation-v0", entry_point=PointEnv, kwargs={"fault": "nan_observation"})
 gym.register("NanReward-v0", entry_point=PointEnv, kwargs={"fault": "nan_reward"})
 gym.register("HugeReward-v0", entry_point=PointEnv, kwargs={"fault": "huge_reward"})
 gym.register("HugeObservation-v0", entry_point=PointEnv, kwargs={"fault": "huge_observation"})
 gym.register("Crash-v0", entry_point=PointEnv, kwargs={"fault": "crash"})
 gym.register("Point-v0", entry_point=PointEnv)
+gym.register("Unbounded-v0", entry_point=UnboundedPointEnv)
+gym.register("DictObservation-v0", entry_point=DictPointEnv)

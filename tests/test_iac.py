@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import iac
+from update_tools import compile_update
 from helpers import run_script, scalars
 
 IAC_PLUS = {"obs_norm": True, "feature_norm": "penultimate", "scale_td": True}
@@ -147,7 +148,7 @@ def test_compiled_update_matches_eager_over_many_updates():
     overrides = dict(IAC_PLUS, hidden_size=64)
     eager, compiled = make_learner(seed=4, **overrides), make_learner(seed=4, **overrides)
     transitions = random_transitions(300, seed=5)
-    step = iac.compile_step(compiled, (torch.zeros(5), torch.zeros(2), *transitions[0]))
+    step = compile_update(compiled, (torch.zeros(5), torch.zeros(2), *transitions[0]))
     *_, a_eager = run_stream(eager, eager, transitions)
     *_, a_compiled = run_stream(step, compiled, transitions)
     torch.testing.assert_close(a_compiled, a_eager, rtol=1e-3, atol=1e-4)

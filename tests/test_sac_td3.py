@@ -6,10 +6,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import sac_incremental as sac
 import td3_incremental as td3
+from run_tools import RunError
+from update_tools import compile_update
 from helpers import run_script
 
 OBS, ACT = 4, 2
@@ -33,23 +34,6 @@ def stream(n, batch, capacity, seed=1):
                         indices=torch.randint(stored, (batch,), generator=g),
                         noises=torch.randn(2, batch, ACT, generator=g), next_noise=torch.randn(ACT, generator=g)))
     return out
-
-
-def test_replay_buffer_wraps_around_and_draws_only_stored_transitions():
-    buffer = sac.ReplayBuffer(3, OBS, ACT)
-    g = torch.Generator().manual_seed(0)
-    for i in range(5):
-        buffer.add(torch.full((OBS,), float(i)), torch.full((ACT,), float(i)), torch.tensor(float(i)),
-                   torch.full((OBS,), float(i) + 0.5), torch.tensor(0.0))
-    assert buffer.reward.tolist() == [3.0, 4.0, 2.0]  # slots 0 and 1 overwritten by transitions 3 and 4
-    obs, action, reward, next_obs, _ = buffer.sample(torch.tensor([0, 1, 2]))
-    assert torch.equal(obs[:, 0], reward) and torch.equal(next_obs[:, 0], reward + 0.5)
-    fresh = sac.ReplayBuffer(10, OBS, ACT)
-    fresh.add(torch.zeros(OBS), torch.zeros(ACT), torch.tensor(1.0), torch.zeros(OBS), torch.tensor(0.0))
-    drawn = fresh.draw(1000, g)  # one stored, plus the one the coming update adds
-    assert set(drawn.tolist()) == {0, 1}
-    assert set(buffer.draw(1000, g).tolist()) == {0, 1, 2}
-    assert torch.equal(sac.ReplayBuffer(1, OBS, ACT).draw(5, g), torch.zeros(5, dtype=torch.long))
 
 
 def torch_adam(net, lr, beta1):
@@ -194,7 +178,7 @@ def test_compiled_update_matches_eager(module, cls, buffer_size, batch_size):
                     t["noises"], t["next_noise"])
         return (*common, t["raw_next_obs"], t["reward"], t["terminated"], t["indices"], t["noises"][0], t["next_noise"])
 
-    step = module.compile_step(compiled, inputs(transitions[0]))
+    step = compile_update(compiled, inputs(transitions[0]))
     for t in transitions:
         out_eager, out_compiled = eager(*inputs(t)), step(*inputs(t))
         if t["terminated"]:
@@ -212,7 +196,7 @@ def test_compiled_update_matches_eager(module, cls, buffer_size, batch_size):
                                              ({"learning_starts": -1}, "--learning-starts is out of range")])
 def test_buffer_and_batch_arguments_are_checked(tmp_path, monkeypatch, module, fields, message):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(module.RunError, match=message):
+    with pytest.raises(RunError, match=message):
         module.main(module.Args(total_timesteps=10, **fields), set(fields))
 
 

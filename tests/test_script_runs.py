@@ -1,26 +1,24 @@
 """Every algorithm script run as a user runs it: logs, bad input, non-finite values, checkpoints, resume and
-signals. Each test runs for each script that exists (they share these conventions by design)."""
+signals. The machinery behind these is run_tools.py (unit-tested in test_run_tools.py); here each script shows, end
+to end, that its own loop uses it: the learner state it checkpoints is complete, its non-finite branches are right."""
 import importlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, run_script, scalars, start_script, text_tags
+import run_tools
+from helpers import run_script, scalars, start_script, text_tags
+from run_tools import SCRIPTS, RunError
 
-SCRIPTS = [name for name in ["avg", "iac", "sac_incremental", "td3_incremental", "stream_ac"]
-           if (REPO / f"{name}.py").exists()]
 per_script = pytest.mark.parametrize("algo", SCRIPTS)
 
 
 def load_checkpoint(algo, path):
-    return importlib.import_module(algo).load_checkpoint(path)
+    return run_tools.load_checkpoint(path, algo)
 
 
 @per_script
@@ -72,7 +70,7 @@ BAD_ARGUMENTS = [  # (Args fields, message); checked in-process, the command lin
 def test_bad_arguments_are_refused_with_a_clear_message(tmp_path, monkeypatch, algo, fields, message):
     module = importlib.import_module(algo)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(module.RunError) as error:
+    with pytest.raises(RunError) as error:
         module.main(module.Args(**{"total_timesteps": 100, **fields}), set(fields))
     assert message in str(error.value)
 
@@ -85,51 +83,6 @@ def test_bad_input_on_the_command_line_gets_one_line_and_exit_2(tmp_path, algo, 
     assert out.returncode == 2
     assert out.stderr.startswith(f"{algo}.py: error: ") and message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
-
-
-@pytest.fixture(scope="module")
-def point_checkpoints(tmp_path_factory):
-    """{algo: run directory with checkpoints} from a short real run of each script on a cheap environment."""
-    runs = {}
-    for algo in SCRIPTS:
-        cwd = tmp_path_factory.mktemp(algo)
-        out = run_script(f"{algo}.py", "--env", "faulty_envs:Point-v0", "--total-timesteps", 60, "--checkpoint-every",
-                         20, "--compile", "off", "--run-name", "point", cwd=cwd)
-        assert out.returncode == 0, out.stderr
-        runs[algo] = cwd / "runs" / "point"
-    return runs
-
-
-@per_script
-def test_bad_checkpoints_and_log_dirs_are_refused(tmp_path, monkeypatch, algo, point_checkpoints):
-    module = importlib.import_module(algo)
-    monkeypatch.chdir(tmp_path)
-    corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes(b"not a checkpoint at all")
-    other_algo = "iac" if algo != "iac" else "avg"
-    other = tmp_path / "other.pt"
-    torch.save({"algo": other_algo, "args": {}}, other)
-    checkpoint, _ = module.load_checkpoint(point_checkpoints[algo])
-    assert len(list((point_checkpoints[algo] / "checkpoints").glob("step_*.pt"))) == 3  # every 20 steps, kept 3
-    wrong_shape = tmp_path / "shape.pt"  # as if the environment's observation had changed size since
-    torch.save({**checkpoint, "obs_dim": 99}, wrong_shape)
-    incomplete = tmp_path / "incomplete.pt"
-    torch.save({"algo": algo, "args": checkpoint["args"]}, incomplete)
-    (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "elsewhere" / "runs").write_text("a file where the log directory should be")
-    cases = [({"resume": str(corrupt)}, "unreadable or corrupt"),
-             ({"resume": str(other)}, f"is a {other_algo}.py checkpoint, not a {algo}.py one"),
-             ({"resume": str(incomplete)}, "is incomplete (no act_dim, episodes"),
-             ({"resume": str(wrong_shape)}, "do not match faulty_envs:Point-v0 (obs 3"),
-             ({"resume": str(point_checkpoints[algo]), "env": "Hopper-v4"},
-              "was trained with --env faulty_envs:Point-v0, not Hopper-v4")]
-    for fields, message in cases:
-        with pytest.raises(module.RunError) as error:
-            module.main(module.Args(**fields), set(fields))
-        assert message in str(error.value), fields
-    monkeypatch.chdir(tmp_path / "elsewhere")
-    with pytest.raises(module.RunError, match="cannot write the run directory"):
-        module.main(module.Args(total_timesteps=10))
 
 
 @pytest.mark.parametrize("env, flags, culprit", [("faulty_envs:NanObservation-v0", [], "observation"),
@@ -228,38 +181,6 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, algo):
         for name in a[network]:
             assert torch.equal(a[network][name], b[network][name]), (network, name)
     assert episode_returns(tmp_path / "runs" / "cut") == episode_returns(tmp_path / "runs" / "whole")
-
-
-KILL_DURING_WRITE = """
-import importlib, sys, time, torch
-algo, folder = sys.argv[1], sys.argv[2]
-script = importlib.import_module(algo)
-complete = {"algo": algo, "args": {}, "obs_dim": 3, "act_dim": 2, "episodes": 0, "learner": {}, "rng": {},
-            "wandb_id": None}
-script.save_atomic({**complete, "global_step": 1, "payload": torch.arange(1000.0)}, folder + "/step_000000000001.pt")
-real_save = torch.save
-def slow_save(obj, f):  # writes part of the file, then hangs until killed
-    f.write(b"PARTIAL" * 100000)
-    f.flush()
-    print("writing", flush=True)
-    time.sleep(60)
-torch.save = slow_save
-script.save_atomic({**complete, "global_step": 2}, folder + "/step_000000000002.pt")
-"""
-
-
-@per_script
-def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, algo):
-    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_WRITE, algo, str(tmp_path)], stdout=subprocess.PIPE,
-                            text=True,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    assert proc.stdout.readline().strip() == "writing"
-    proc.kill()
-    proc.wait()
-    assert [p.name for p in tmp_path.glob("step_*.pt")] == ["step_000000000001.pt"]
-    assert any(p.name.startswith(".step_000000000002.pt.tmp") for p in tmp_path.iterdir())  # the torn write
-    checkpoint, path = load_checkpoint(algo, tmp_path)
-    assert checkpoint["global_step"] == 1 and torch.equal(checkpoint["payload"], torch.arange(1000.0))
 
 
 @pytest.mark.parametrize("algo, signum, code", [(algo, signal.SIGINT, 130) for algo in SCRIPTS]

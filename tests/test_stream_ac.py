@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import stream_ac
+from run_tools import load_checkpoint
+from update_tools import compile_update
 from helpers import run_script, scalars
 
 GAMMA, LAMBDA = 0.99, 0.8
@@ -277,7 +279,7 @@ def test_episode_boundary_checkpoints_have_empty_traces(tmp_path):
     out = run_script("stream_ac.py", "--env", "faulty_envs:Point-v0", "--total-timesteps", 60, "--checkpoint-every",
                      20, "--compile", "off", "--run-name", "point", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    checkpoint, _ = stream_ac.load_checkpoint(tmp_path / "runs" / "point")
+    checkpoint, _ = load_checkpoint(tmp_path / "runs" / "point", "stream_ac")
     assert checkpoint["global_step"] == 60 and not checkpoint["mid_episode"]
     learner = checkpoint["learner"]
     traces = [v for k, v in learner.items() if ".trace." in k]
@@ -293,7 +295,7 @@ def test_compiled_update_matches_eager_over_many_updates(optimizer):
     eager, compiled = make_learner(seed=4, optimizer=optimizer), make_learner(seed=4, optimizer=optimizer)
     transitions = random_transitions(300, seed=5)
     raw, r, term, t, noise, _ = transitions[0]
-    step = stream_ac.compile_step(compiled, (torch.zeros(6), torch.zeros(2), raw, r, term, t, noise))
+    step = compile_update(compiled, (torch.zeros(6), torch.zeros(2), raw, r, term, t, noise))
     *_, a_eager = run_stream(eager, eager, transitions)
     *_, a_compiled = run_stream(step, compiled, transitions)
     torch.testing.assert_close(a_compiled, a_eager, rtol=1e-3, atol=1e-4)

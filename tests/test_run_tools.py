@@ -1,0 +1,279 @@
+"""run_tools.py, the run machinery every script shares, tested in-process with a stand-in learner on a cheap
+environment: argument checks and resume rules, checkpoints (atomic writes, loading, keeping K), environment
+checks, args.json provenance, logging, the console line, and how a run ends (exit codes, saved state)."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import robots
+import run_tools
+from helpers import REPO, scalars
+from run_tools import RunError
+from update_tools import MetricSums
+
+import faulty_envs  # noqa: F401 (registers Point-v0 and the faulty environments)
+
+
+@dataclass
+class Args(run_tools.RunArgs):
+    lr: float = 0.1
+    """a stand-in hyperparameter"""
+
+
+class Learner(torch.nn.Module):
+    """Stands in for a script's learner: some state, and metrics like the real ones."""
+
+    def __init__(self, obs_dim=3):
+        super().__init__()
+        self.register_buffer("sum_obs", torch.zeros(obs_dim, dtype=torch.float64))
+        self.metrics = MetricSums("losses/critic_loss")
+
+    def forward(self, obs):
+        self.sum_obs += obs
+        self.metrics.add(torch.tensor(True), {"losses/critic_loss": obs.square().sum()})
+        return torch.isfinite(obs).all()
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_with_signals_restored(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
+
+
+def train(args, fault_at=None, fault=None, checkpoint=None):
+    """A script's training loop in miniature, around the shared machinery. fault: what happens at step fault_at."""
+    run = run_tools.Run("tiny", args, checkpoint)
+    env = run.make_env()
+    learner = Learner(run.shapes()[0])
+    run.start(learner, "stand-in")
+    with run.guard():
+        run.reset_env()
+        while run.global_step < args.total_timesteps and run.stop_signal is None:
+            raw_next_obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            if run.global_step + 1 == fault_at:
+                if fault == "crash":
+                    raise RuntimeError("the simulator blew up")
+                if fault == "robot":
+                    raise robots.RobotError("lost the robot")
+                if fault == "sigint":
+                    run.stop_signal = signal.SIGINT
+                if fault == "sigterm":
+                    run.stop_signal = signal.SIGTERM
+                if fault == "nan":
+                    reward = float("nan")
+            culprit = run.count_step(reward, raw_next_obs)
+            if culprit is None:
+                run.timed(learner, torch.from_numpy(raw_next_obs))
+            else:
+                run.nonfinite(culprit)
+            run.log_window(learner.metrics)
+            if terminated or truncated:
+                run.end_episode(info)
+                run.reset_env()
+    return run, run.finish({"learner": learner.state_dict()})
+
+
+def test_exit_codes_and_scripts_are_listed_once():
+    assert set(run_tools.EXIT_CODES) == {0, 1, 2, 3, 4, 130, 143}
+    assert all((REPO / f"{name}.py").exists() for name in run_tools.SCRIPTS)
+
+
+def test_flags_given_names_fields_and_no_flags():
+    assert run_tools.flags_given(["--env", "X", "--no-track", "--lr=3", "--seed", "4"], Args) == {"env", "track",
+                                                                                                  "lr", "seed"}
+
+
+@pytest.mark.parametrize("fields, message", [({"total_timesteps": 0}, "--total-timesteps must be positive, got 0"),
+                                             ({"log_every": -1}, "--log-every must be positive"),
+                                             ({"keep_checkpoints": 0}, "--keep-checkpoints must be positive"),
+                                             ({"checkpoint_every": -5}, "--checkpoint-every is out of range: -5"),
+                                             ({"lr": 0.0}, "--lr must be positive, got 0.0"),
+                                             ({"lr": 2.0}, "--lr is out of range: 2.0")])
+def test_check_args_gives_one_line_per_bad_flag(fields, message):
+    args = Args(**fields)
+    with pytest.raises(RunError, match=re.escape(message)):
+        run_tools.check_args(args, positive=("lr",) if fields.get("lr") == 0.0 else (),
+                             ranges={"lr": lambda lr: lr < 1})
+
+
+def test_a_finished_run_writes_its_provenance_logs_and_summary(capsys):
+    run, code = train(Args(env="faulty_envs:Point-v0", total_timesteps=100, log_every=50, run_name="ok",
+                           save_model=True))
+    assert code == 0
+    saved = json.loads((run.dir / "args.json").read_text())
+    assert saved["algo"] == "tiny" and saved["exp_name"] == "tiny" and saved["lr"] == 0.1
+    made = saved["made_with"]
+    assert made["torch"] == torch.__version__ and made["numpy"] == np.__version__ and made["gymnasium"] == gym.__version__
+    assert made["python"] == ".".join(map(str, sys.version_info[:3])) and made["mujoco"]
+    if (REPO / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", made["git_commit"]) and isinstance(made["git_dirty"], bool)
+    summary = json.loads((run.dir / "summary.json").read_text())
+    assert summary == {"finished": True, "global_step": 100, "episodes": 5, "mean_return_last10": pytest.approx(
+        np.mean([v for _, v in scalars(run.dir)["charts/episodic_return"]]))}
+    logs = scalars(run.dir)
+    assert [s for s, _ in logs["charts/SPS"]] == [50, 100] and [s for s, _ in logs["losses/critic_loss"]] == [50, 100]
+    assert {"charts/update_us_p50", "charts/update_us_p99", "charts/update_us_max", "charts/nonfinite_skips",
+            "charts/episodic_length"} <= set(logs)
+    assert torch.load(run.dir / "tiny.model", weights_only=False)["args"]["run_name"] == "ok"
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("global_step="))
+    assert re.fullmatch(r"global_step=20, episode=1, episodic_return=-?\d+\.\d, SPS=\d+, time_left=\d\d:\d\d:\d\d",
+                        line), line
+
+
+def test_console_line_says_speed_and_time_left():
+    run = run_tools.Run("tiny", Args(env="faulty_envs:Point-v0", total_timesteps=10_000, run_name="line"))
+    run.loop_start = (0.0, 0)
+    run.global_step = 1000
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(run_tools.time, "time", lambda: 10.0)  # 1000 steps in 10 s: 100 steps/s, 9000 steps left
+        assert run.console_line().endswith("SPS=100, time_left=00:01:30")
+
+
+@pytest.mark.parametrize("fault, code, message", [
+    ("crash", 1, "tiny.py: failed at step 29 (above); resume with --resume runs/end/checkpoints/step_000000000029.pt"),
+    ("robot", 4, "tiny.py: robot error at step 29: lost the robot; resume with --resume runs/end/checkpoints/"),
+    ("nan", 3, "tiny.py: non-finite reward at step 30; the update was not applied and the last good state is saved"),
+    ("sigint", 130, "tiny.py: stopped by SIGINT at step 30; resume with --resume runs/end/checkpoints/"),
+    ("sigterm", 143, "tiny.py: stopped by SIGTERM at step 30; resume with --resume runs/end/checkpoints/")])
+def test_every_way_a_run_ends_saves_its_state_and_says_why(capsys, fault, code, message):
+    run, exit_code = train(Args(env="faulty_envs:Point-v0", total_timesteps=100, run_name="end", log_every=10),
+                           fault_at=30, fault=fault)
+    err = capsys.readouterr().err
+    assert exit_code == code and err.strip().splitlines()[-1].startswith(message), err
+    assert ("Traceback" in err) == (fault == "crash")
+    checkpoint, _ = run_tools.load_checkpoint(run.dir, "tiny")
+    assert checkpoint["global_step"] == (29 if fault in ("crash", "robot") else 30) and checkpoint["mid_episode"]
+    assert checkpoint["learner"]["sum_obs"].isfinite().all()
+    assert "charts/episodic_return" in scalars(run.dir)  # TensorBoard flushed
+    assert not (run.dir / "summary.json").exists()
+
+
+def test_resume_restores_counters_and_streams_and_continues_the_logs():
+    args = dict(env="faulty_envs:Point-v0", run_name="cut", log_every=10)
+    whole, _ = train(Args(**{**args, "run_name": "whole"}, total_timesteps=100))
+    cut, code = train(Args(**args, total_timesteps=100), fault_at=41, fault="sigint")
+    assert code == 130
+    resumed_args, checkpoint = run_tools.resume_args(Args(resume=str(cut.dir), total_timesteps=100),
+                                                     {"resume", "total_timesteps"}, "tiny")
+    assert resumed_args.run_name == "cut" and checkpoint["global_step"] == 41
+    resumed, code = train(resumed_args, checkpoint=checkpoint)
+    assert code == 0 and resumed.global_step == 100
+    steps = [s for s, _ in scalars(cut.dir)["charts/SPS"]]
+    assert steps == sorted(set(steps)) == list(range(10, 101, 10))
+
+
+def test_checkpoints_keep_the_last_k():
+    run, _ = train(Args(env="faulty_envs:Point-v0", total_timesteps=200, run_name="keep", checkpoint_every=20,
+                        keep_checkpoints=2))
+    assert [p.name for p in sorted((run.dir / "checkpoints").glob("step_*.pt"))] == ["step_000000000180.pt",
+                                                                                     "step_000000000200.pt"]
+
+
+def test_bad_checkpoints_are_refused_in_one_line(tmp_path):
+    run, _ = train(Args(env="faulty_envs:Point-v0", total_timesteps=40, run_name="good", checkpoint_every=20))
+    good, _ = run_tools.load_checkpoint(run.dir, "tiny")
+    assert good["global_step"] == 40  # the newest in the run directory
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint at all")
+    torch.save([1, 2], tmp_path / "foreign.pt")
+    torch.save({**good, "algo": "iac"}, tmp_path / "other.pt")
+    torch.save({"algo": "tiny", "args": good["args"]}, tmp_path / "incomplete.pt")
+    torch.save({**good, "args": {**good["args"], "an_old_flag": 1}}, tmp_path / "version.pt")
+    cases = [("missing.pt", "missing.pt does not exist"), ("empty", "no checkpoint found in"),
+             ("corrupt.pt", "is unreadable or corrupt"), ("foreign.pt", "is not a checkpoint of this project"),
+             ("other.pt", "is a iac.py checkpoint, not a tiny.py one"),
+             ("incomplete.pt", "is incomplete (no act_dim, episodes"),
+             ("version.pt", "was written by another version of tiny.py")]
+    for name, message in cases:
+        with pytest.raises(RunError) as error:
+            run_tools.resume_args(Args(resume=str(tmp_path / name)), {"resume"}, "tiny")
+        assert message in str(error.value), name
+
+
+def test_resume_applies_run_settings_and_refuses_experiment_changes():
+    run, _ = train(Args(env="faulty_envs:Point-v0", total_timesteps=40, run_name="r", checkpoint_every=20))
+    args, _ = run_tools.resume_args(Args(resume=str(run.dir), total_timesteps=99, log_every=7, lr=0.5),
+                                    {"resume", "total_timesteps", "log_every"}, "tiny")
+    assert (args.total_timesteps, args.log_every, args.lr) == (99, 7, 0.1)  # lr not given: the saved one
+    for given, message in [({"lr": 0.5}, "was trained with --lr 0.1, not 0.5"),
+                           ({"env": "Hopper-v4"}, "was trained with --env faulty_envs:Point-v0, not Hopper-v4")]:
+        with pytest.raises(RunError, match=re.escape(message)):
+            run_tools.resume_args(Args(resume=str(run.dir), **given), {"resume", *given}, "tiny")
+
+
+def test_a_checkpoint_of_another_shape_or_learner_is_refused():
+    run, _ = train(Args(env="faulty_envs:Point-v0", total_timesteps=40, run_name="s", checkpoint_every=20))
+    checkpoint, _ = run_tools.load_checkpoint(run.dir, "tiny")
+    for bad, message in [({**checkpoint, "obs_dim": 99}, "checkpoint shapes (obs 99, action 2) do not match"),
+                         ({**checkpoint, "learner": {"other": torch.zeros(1)}}, "does not fit this tiny.py")]:
+        args = Args(**bad["args"])
+        again = run_tools.Run("tiny", args, bad)
+        again.make_env()
+        with pytest.raises(RunError, match=re.escape(message)):
+            again.start(Learner())
+        again.env.close()
+
+
+KILL_DURING_WRITE = """
+import sys, time, torch
+import run_tools
+folder = sys.argv[1]
+run_tools.save_atomic({"global_step": 1, "payload": torch.arange(1000.0)}, folder + "/step_000000000001.pt")
+def slow_save(obj, f):  # writes part of the file, then hangs until killed
+    f.write(b"PARTIAL" * 100000)
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+torch.save = slow_save
+run_tools.save_atomic({"global_step": 2}, folder + "/step_000000000002.pt")
+"""
+
+
+def test_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_WRITE, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+    assert [p.name for p in tmp_path.glob("step_*.pt")] == ["step_000000000001.pt"]
+    assert any(p.name.startswith(".step_000000000002.pt.tmp") for p in tmp_path.iterdir())  # the torn write
+    assert torch.equal(torch.load(tmp_path / "step_000000000001.pt")["payload"], torch.arange(1000.0))
+
+
+@pytest.mark.parametrize("env, checks, message", [
+    ("NoSuchEnv-v0", {}, "cannot make environment 'NoSuchEnv-v0'"),
+    ("CartPole-v1", {}, "tiny.py needs a continuous (Box) action space; CartPole-v1 has Discrete(2)"),
+    ("faulty_envs:Unbounded-v0", {}, "tiny.py squashes actions with tanh and needs finite action bounds"),
+    ("faulty_envs:DictObservation-v0", {}, "tiny.py needs a flat Box observation space"),
+])
+def test_environments_a_script_cannot_use_are_refused_in_one_line(env, checks, message):
+    with pytest.raises(RunError, match=re.escape(message)):
+        run_tools.make_env(Args(env=env), "tiny", **checks)
+
+
+def test_unbounded_actions_are_fine_for_a_script_that_clips():
+    env = run_tools.make_env(Args(env="faulty_envs:Unbounded-v0"), "tiny", finite_action_bounds=False)
+    env.close()
+
+
+def test_robot_flags_apply_only_to_robot_environments():
+    with pytest.raises(RunError, match="apply only to UR5Reacher-v0"):
+        run_tools.make_env(Args(robot_host="10.0.0.2"), "tiny")
+
+
+def test_an_unwritable_run_directory_is_one_line(tmp_path):
+    (tmp_path / "runs").write_text("a file where the log directory should be")
+    with pytest.raises(RunError, match="cannot write the run directory runs/x"):
+        run_tools.Run("tiny", Args(run_name="x"))

@@ -1,0 +1,218 @@
+"""Pieces the algorithm scripts build their one-sample update from, written so that the whole update (forward
+passes, backward pass, optimiser step, statistics, the next action) compiles into a single call of C++:
+
+- compile_update(): traces a learner's forward() with make_fx and compiles it with Inductor.
+- Adam: torch.optim.Adam written out as tensor code, with every write masked by an all-finite flag.
+- grad_and_aux(), all_finite(): gradients by parameter name, and the cheap finiteness check.
+- ReplayBuffer: transitions in preallocated tensors (learner state, so checkpointed and compiled with the rest).
+- MetricSums: named running sums of logged values, kept inside the learner so logging costs no sync per step.
+
+Nothing here knows an algorithm: the scripts call these, never the other way round.
+"""
+import copy
+
+import torch
+import torch.nn as nn
+
+aten = torch.ops.aten
+_tracing = False  # true while compile_update() traces an update
+
+
+# --------------------------------------------------------------------------------------------- compiling
+def _small(*sizes):
+    return min(sizes) <= 4
+
+
+def _mm(a, b):
+    if not _small(a.shape[0], a.shape[1], b.shape[1]):
+        return NotImplemented
+    return (a.unsqueeze(-1) * b.unsqueeze(0)).sum(1)
+
+
+def _addmm(bias, a, b, beta=1, alpha=1):
+    if not _small(a.shape[0], a.shape[1], b.shape[1]) or beta != 1 or alpha != 1:
+        return NotImplemented
+    return bias + (a.unsqueeze(-1) * b.unsqueeze(0)).sum(1)
+
+
+def _mv(matrix, vector):
+    return (matrix * vector).sum(-1)
+
+
+def _addmv(bias, matrix, vector, beta=1, alpha=1):
+    if beta != 1 or alpha != 1:
+        return NotImplemented
+    return bias + (matrix * vector).sum(-1)
+
+
+# For one sample (or a batch of at most 4) a matrix product is written as multiply-and-sum while tracing: Inductor
+# then fuses the whole update, weight gradients and the optimiser step included, into one C++ kernel, where calling
+# MKL for each tiny product costs more than the arithmetic. Larger batches keep the matrix multiply. Same math.
+SMALL_MATMULS_AS_SUMS = {aten.mm.default: _mm, aten.addmm.default: _addmm, aten.mv.default: _mv,
+                         aten.addmv.default: _addmv}
+
+
+def compile_update(learner, example_inputs):
+    """learner.forward (one update) as a single call of Inductor-generated C++. make_fx traces the update, backward
+    pass included, into a graph whose inputs are the learner's state tensors and the step's inputs; Inductor
+    compiles it (cached on disk for later runs). Unlike torch.compile, the call checks no Dynamo guards: those
+    cost about a quarter of an update's time at this size. The state is updated in place, as in eager mode."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    import torch._inductor.config as inductor_config
+
+    global _tracing
+    state = [*learner.parameters(), *learner.buffers()]
+    names = [*dict(learner.named_parameters()), *dict(learner.named_buffers())]
+
+    def step(*tensors):
+        return torch.func.functional_call(learner, dict(zip(names, tensors)), tensors[len(names):])
+
+    _tracing = True
+    try:
+        graph = make_fx(step, decomposition_table=SMALL_MATMULS_AS_SUMS)(*[t.clone() for t in state],
+                                                                          *example_inputs)
+    finally:
+        _tracing = False
+    with inductor_config.patch(cpp_wrapper=True, memory_planning=True, compile_threads=1):
+        compiled = torch._inductor.standalone_compile(graph, [*state, *example_inputs],
+                                                      dynamic_shapes="from_example_inputs")
+    return lambda *inputs: compiled(*state, *inputs)
+
+
+# ------------------------------------------------------------------------------------------- optimiser
+class Adam(nn.Module):
+    """torch.optim.Adam (no weight decay) written out so that it fuses into the compiled update. The moments live in
+    zeroed copies of the network, under the parameters' own names. The update is applied only if `ok` is true, so a
+    non-finite gradient never reaches the weights: eagerly it is skipped, and while traced for compiling every write
+    is masked (a branch on a tensor cannot be traced; the mask fuses for free). With beta1 = 0 (the AVG paper's
+    usual choice) the first moment is the gradient itself and is not stored."""
+
+    def __init__(self, network, lr, betas, eps=1e-8):
+        super().__init__()
+        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
+        self.exp_avg_sq = copy.deepcopy(network).requires_grad_(False)
+        self.exp_avg = copy.deepcopy(network).requires_grad_(False) if self.beta1 > 0 else None
+        for moment in (self.exp_avg_sq, self.exp_avg):
+            for p in moment.parameters() if moment is not None else []:
+                p.zero_()
+        self.register_buffer("beta1_power", torch.ones(1, dtype=torch.float64))
+        self.register_buffer("beta2_power", torch.ones(1, dtype=torch.float64))
+
+    def step(self, params, grads, ok):
+        exp_avg_sq = dict(self.exp_avg_sq.named_parameters())
+        exp_avg = dict(self.exp_avg.named_parameters()) if self.exp_avg is not None else None
+        if not _tracing:
+            if ok:
+                self.eager_step(list(params.values()), [grads[k] for k in params], [exp_avg_sq[k] for k in params],
+                                [exp_avg[k] for k in params] if exp_avg is not None else None)
+            return
+
+        def keep(new, old):
+            return old.copy_(torch.where(ok, new, old))
+
+        keep(self.beta1_power * self.beta1, self.beta1_power)
+        keep(self.beta2_power * self.beta2, self.beta2_power)
+        step_size = self.lr / (1 - self.beta1_power).float()
+        bias_correction2_sqrt = (1 - self.beta2_power).sqrt().float()
+        for name, param in params.items():
+            grad = grads[name]
+            v = keep(self.beta2 * exp_avg_sq[name] + (1 - self.beta2) * grad.square(), exp_avg_sq[name])
+            m = grad if exp_avg is None else keep(self.beta1 * exp_avg[name] + (1 - self.beta1) * grad,
+                                                   exp_avg[name])
+            keep(param - step_size * m / (v.sqrt() / bias_correction2_sqrt + self.eps), param)
+
+    def eager_step(self, params, grads, exp_avg_sq, exp_avg):
+        """The same update with foreach kernels: a few calls for all parameters instead of a dozen per tensor."""
+        self.beta1_power *= self.beta1
+        self.beta2_power *= self.beta2
+        torch._foreach_mul_(exp_avg_sq, self.beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - self.beta2)
+        if exp_avg is not None:
+            torch._foreach_lerp_(exp_avg, grads, 1 - self.beta1)
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denom, (1 - self.beta2_power).sqrt().item())
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(params, exp_avg if exp_avg is not None else grads, denom,
+                                value=-self.lr / (1 - self.beta1_power).item())
+
+
+# ------------------------------------------------------------------------------------------- gradients
+def grad_and_aux(loss_fn, params, *args):
+    """Gradients of loss_fn w.r.t. the parameter dicts `params` (a tuple of {name: tensor}), and its auxiliary
+    outputs: loss_fn(params, *args) returns (loss, aux)."""
+    params = tuple({k: p.detach().requires_grad_() for k, p in d.items()} for d in params)
+    with torch.enable_grad():
+        loss, aux = loss_fn(params, *args)
+        grads = iter(torch.autograd.grad(loss, [p for d in params for p in d.values()]))
+    return tuple({k: next(grads) for k in d} for d in params), aux
+
+
+def all_finite(loss, *grads):
+    """Whether the loss and all gradients (dicts {name: gradient}) are finite, checking only the biases: a weight's
+    gradient sums outer products of its layer's inputs and its bias's per-sample gradients, so when the loss (hence
+    the inputs) and the bias gradients are finite, so are all gradients."""
+    ok = torch.isfinite(loss).all()
+    for named_grads in grads:
+        for name, grad in named_grads.items():
+            if name.endswith("bias"):
+                ok = ok & torch.isfinite(grad).all()
+    return ok
+
+
+# ------------------------------------------------------------------------------------------ replay buffer
+class ReplayBuffer(nn.Module):
+    """The last `capacity` transitions in preallocated tensors (so they are learner state: checkpointed, and
+    inputs of the compiled update). With capacity 1 it holds only the latest transition."""
+
+    def __init__(self, capacity, obs_dim, act_dim):
+        super().__init__()
+        self.capacity = capacity
+        for name, width in [("obs", obs_dim), ("action", act_dim), ("next_obs", obs_dim)]:
+            self.register_buffer(name, torch.zeros(capacity, width))
+        self.register_buffer("reward", torch.zeros(capacity))
+        self.register_buffer("terminated", torch.zeros(capacity))
+        self.register_buffer("added", torch.zeros(1, dtype=torch.int64))  # transitions ever added
+
+    def add(self, obs, action, reward, next_obs, terminated):
+        slot = self.added % self.capacity
+        for buffer, value in [(self.obs, obs), (self.action, action), (self.reward, reward),
+                              (self.next_obs, next_obs), (self.terminated, terminated)]:
+            buffer.index_copy_(0, slot, value.unsqueeze(0))
+        self.added += 1
+
+    def draw(self, batch_size, generator):
+        """`batch_size` indices drawn uniformly from the stored transitions, counting the one that the coming
+        update adds first (so with capacity 1 the batch is that latest transition)."""
+        stored = min(int(self.added) + 1, self.capacity)
+        return torch.randint(stored, (batch_size,), generator=generator)
+
+    def sample(self, indices):
+        """The stored transitions at `indices`, drawn by the caller from [0, min(added, capacity))."""
+        return self.obs[indices], self.action[indices], self.reward[indices], self.next_obs[indices], \
+            self.terminated[indices]
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+class MetricSums(nn.Module):
+    """Sums of logged values over the updates since the last log, as a buffer of the learner: adding them costs one
+    fused tensor operation in the compiled update and no synchronisation. Values are passed by their TensorBoard
+    tag; an update adds exactly the tags declared here, each with its own name (no positional order to keep)."""
+
+    def __init__(self, *tags):
+        super().__init__()
+        self.tags = tags
+        self.register_buffer("sums", torch.zeros(len(tags) + 1, dtype=torch.float64))  # the last: updates counted
+
+    def add(self, ok, values):
+        """Adds one update's {tag: 0-d tensor} to the sums if `ok` (a boolean tensor) is true."""
+        if set(values) != set(self.tags):
+            raise KeyError(f"logged {sorted(values)}, declared {sorted(self.tags)}")
+        row = torch.stack([values[tag].detach().double().reshape(()) for tag in self.tags] + [ok.double()])
+        self.sums += torch.where(ok, row, 0)
+
+    def pop_means(self):
+        """{tag: mean over the updates since the last call} (empty if there were none), and restarts the sums."""
+        count = float(self.sums[-1])
+        means = dict(zip(self.tags, (self.sums[:-1] / count).tolist())) if count else {}
+        self.sums.zero_()
+        return means
