@@ -50,6 +50,9 @@ class Args(run_tools.RunArgs):
     """divide the TD error by the running return-based scale sigma_delta"""
     target_tau: float = 1.0
     """Polyak rate of a target critic; 1.0 means no target network (AVG), 0 a frozen one"""
+    action_mapping: Literal["rescale", "clip"] = "rescale"
+    """tanh's [-1, 1] to the action bounds: rescale onto them, or clip to them as the authors' code does (the same
+    for bounds of +-1; for Humanoid's +-0.4 see docs/algorithms.md 1)"""
 
 
 # Published hyperparameters (algorithms.md 1): actor lr, critic lr, beta1, entropy coefficient, gamma.
@@ -215,8 +218,13 @@ class AVG(nn.Module):
         self.td_scaler = TDErrorScaler()
         self.eta, self.gamma, self.tau = args.entropy_coef, args.gamma, args.target_tau
         self.obs_norm, self.scale_td = args.obs_norm, args.scale_td
-        self.register_buffer("action_scale", torch.as_tensor((act_high - act_low) / 2, dtype=torch.float32))
-        self.register_buffer("action_offset", torch.as_tensor((act_high + act_low) / 2, dtype=torch.float32))
+        rescale = args.action_mapping == "rescale"
+        self.register_buffer("action_scale", torch.as_tensor((act_high - act_low) / 2 if rescale else
+                                                             np.ones_like(act_low), dtype=torch.float32))
+        self.register_buffer("action_offset", torch.as_tensor((act_high + act_low) / 2 if rescale else
+                                                              np.zeros_like(act_low), dtype=torch.float32))
+        self.register_buffer("action_low", torch.as_tensor(act_low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.as_tensor(act_high, dtype=torch.float32))
         self.metrics = MetricSums("losses/critic_loss", "losses/actor_loss", "health/entropy", "health/abs_q",
                                   "health/td_sigma")
 
@@ -228,9 +236,19 @@ class AVG(nn.Module):
         return self.obs_stats.normalize(raw_obs.double()).float()
 
     def act(self, obs, noise):
-        """The action for the environment (rescaled from [-1, 1] to its bounds) and log pi(A|S)."""
+        """The action for the environment (from [-1, 1] to its bounds, --action-mapping) and log pi(A|S)."""
         action, log_prob = self.actor(obs, noise)
-        return action * self.action_scale + self.action_offset, log_prob
+        env_action = torch.clamp(action * self.action_scale + self.action_offset, self.action_low, self.action_high)
+        return env_action, log_prob
+
+    @torch.no_grad()
+    def evaluation_action(self, raw_obs, episode_step, generator=None):
+        """The environment's action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation
+        statistics frozen; tanh of the mean, or a sample when a generator is given."""
+        obs = self.obs_stats.normalize(raw_obs.double()).float() if self.obs_norm else raw_obs.float()
+        noise = torch.zeros(self.action_scale.shape) if generator is None else torch.randn(self.action_scale.shape,
+                                                                                            generator=generator)
+        return self.act(obs, noise)[0]
 
     def losses(self, params, obs, noise, next_obs, next_noise, reward, discount, sigma):
         actor_params, critic_params = params
@@ -272,6 +290,12 @@ class AVG(nn.Module):
 
 
 
+def make_learner(env, args):
+    """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
+    return AVG(env.observation_space.shape[0], env.action_space.low.astype(np.float64),
+                  env.action_space.high.astype(np.float64), args)
+
+
 # ---------------------------------------------------------------------------------------------------- run
 def main(args, given=frozenset()):
     args, checkpoint = run_tools.resume_args(args, given, ALGO)
@@ -282,11 +306,13 @@ def main(args, given=frozenset()):
     run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
     env = run.make_env(finite_action_bounds=True)
     obs_dim, act_dim = run.shapes()
-    agent = AVG(obs_dim, env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64), args)
+    agent = make_learner(env, args)
     hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "beta1", "entropy_coef", "gamma")}
     run.start(agent, f"{hyperparams} ({source})")  # a resumed run's state restored; TensorBoard, wandb
     if run.resumed:
         agent.td_scaler.episode_return.zero_()  # the partial episode at a mid-episode save is dropped
+    elif args.init_from and agent.target is not None:
+        agent.target.load_state_dict(agent.critic.state_dict())
     scalars = torch.zeros(2)  # reward and terminated, written through a numpy view each step
     scalars_np, reward_t, terminated_t = scalars.numpy(), scalars[0], scalars[1]
     step_fn = run.compile(agent, (torch.zeros(obs_dim), torch.zeros(act_dim), torch.zeros(()),
@@ -326,7 +352,7 @@ def main(args, given=frozenset()):
             run.log_window(agent.metrics)
             if terminated or truncated:
                 agent.td_scaler.end_episode()
-                run.end_episode(info)
+                run.end_episode(info, agent.evaluation_action)  # and --eval-every
                 obs, noise, action, log_prob = reset()
             else:
                 obs, noise, action, log_prob = next_obs, noises[1], next_action, next_log_prob

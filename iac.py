@@ -215,6 +215,15 @@ class IAC(nn.Module):
         u = mu + log_std.exp() * noise
         return torch.tanh(u) * self.action_scale + self.action_offset, u
 
+    @torch.no_grad()
+    def evaluation_action(self, raw_obs, episode_step, generator=None):
+        """The environment's action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation
+        statistics frozen; tanh of the mean, or a sample when a generator is given."""
+        obs = self.obs_stats.normalize(raw_obs.double()).float() if self.obs_norm else raw_obs.float()
+        noise = torch.zeros(self.action_scale.shape) if generator is None else torch.randn(self.action_scale.shape,
+                                                                                            generator=generator)
+        return self.act(obs, noise)[0]
+
     def losses(self, params, obs, u, next_obs, reward, discount, sigma):
         actor_params, critic_params = params
         v = torch.func.functional_call(self.critic, critic_params, (obs,))
@@ -248,6 +257,12 @@ class IAC(nn.Module):
         return next_action, next_u, next_obs, ok
 
 
+def make_learner(env, args):
+    """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
+    return IAC(env.observation_space.shape[0], env.action_space.low.astype(np.float64),
+                  env.action_space.high.astype(np.float64), args)
+
+
 # ---------------------------------------------------------------------------------------------------- run
 def main(args, given=frozenset()):
     args, checkpoint = run_tools.resume_args(args, given, ALGO)
@@ -257,7 +272,7 @@ def main(args, given=frozenset()):
     run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
     env = run.make_env(finite_action_bounds=True)
     obs_dim, act_dim = run.shapes()
-    agent = IAC(obs_dim, env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64), args)
+    agent = make_learner(env, args)
     variant = "IAC+" if args.obs_norm and args.feature_norm != "none" and args.scale_td else "IAC"
     hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "beta1", "entropy_coef", "gamma")}
     run.start(agent, f"{variant}, {hyperparams}")  # a resumed run's state restored; TensorBoard, wandb
@@ -299,7 +314,7 @@ def main(args, given=frozenset()):
             run.log_window(agent.metrics)
             if terminated or truncated:
                 agent.td_scaler.end_episode()
-                run.end_episode(info)
+                run.end_episode(info, agent.evaluation_action)  # and --eval-every
                 obs, action, u = reset()
             else:
                 obs, action, u = next_obs, next_action, next_u

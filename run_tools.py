@@ -14,9 +14,13 @@ An algorithm script calls it like this (avg.py is the example to read):
             ... env.step, run.count_step, the update, run.log_window, run.end_episode ...
     return run.finish(model)
 
+Evaluation (--eval-every, and scripts/evaluate.py) runs a learner's evaluation_action(raw_obs, episode_step,
+generator) through run_episodes(); --init-from and evaluate.py read a saved policy with load_policy_source().
+
 This module never calls into an algorithm: no learner base class, no hooks. The learner is any nn.Module whose
 state_dict() is the complete learner state; that is all the machinery knows of it.
 """
+import dataclasses
 import json
 import os
 import platform
@@ -108,10 +112,22 @@ class RunArgs:
     realtime: bool = False
     """simulated robots: pace each step to the real robot's cycle"""
 
+    eval_every: int = 0
+    """evaluate the deterministic policy at the first episode end after every N steps, on a separate environment
+    seeded apart, the observation statistics frozen and no learning (eval/episodic_return); 0: never"""
+    eval_episodes: int = 10
+    """episodes per evaluation (--eval-every)"""
+    init_from: Optional[str] = None
+    """start a new run from the policy, critic and observation statistics saved in this .model file, checkpoint or
+    run directory of the same script (fresh optimiser state)"""
+
 
 # Flags that may change when a run is resumed: how it runs, not what it learns.
 RESUME_OVERRIDES = {"total_timesteps", "checkpoint_every", "keep_checkpoints", "log_every", "track", "on_nonfinite",
-                    "compile", "robot_host", "robot_port", "realtime"}
+                    "compile", "robot_host", "robot_port", "realtime", "eval_every", "eval_episodes"}
+EVAL_SEED_OFFSET = 1_000_000  # evaluation episode i starts from reset(seed=args.seed + EVAL_SEED_OFFSET + i)
+MODEL_FORMAT = "incremental-rl model 1"
+POLICY_PARTS = ("actor", "critic", "obs_stats")  # what a .model holds of a learner, by attribute name
 
 
 def flags_given(argv, args_class):
@@ -123,14 +139,17 @@ def flags_given(argv, args_class):
 def check_args(args, positive=(), ranges=None):
     """One-line errors for flags out of range: `positive` names must be > 0 (when set), `ranges` maps a name to a
     test its value must pass (when set). The run flags every script has are checked here too."""
-    for name in ("total_timesteps", "log_every", "keep_checkpoints", *positive):
+    for name in ("total_timesteps", "log_every", "keep_checkpoints", "eval_episodes", *positive):
         value = getattr(args, name)
         if value is not None and not value > 0:
             raise RunError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    for name, good in {"checkpoint_every": lambda n: n >= 0, **(ranges or {})}.items():
+    for name, good in {"checkpoint_every": lambda n: n >= 0, "eval_every": lambda n: n >= 0, **(ranges or {})}.items():
         value = getattr(args, name)
         if value is not None and not good(value):
             raise RunError(f"--{name.replace('_', '-')} is out of range: {value}")
+    if args.eval_every and (args.robot_host or args.robot_port):
+        raise RunError("--eval-every needs a second environment, and one robot cannot run two episodes at once; "
+                       "evaluate a saved policy on the robot with scripts/evaluate.py")
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -198,13 +217,106 @@ def resume_args(args, given, algo):
     return saved, checkpoint
 
 
+# ---------------------------------------------------------------------------------------- saved policies
+def load_policy_source(path, algo=None):
+    """What rebuilding a policy needs, from a run directory (its .model if it has one, else its newest checkpoint), a
+    .model file or a checkpoint: {"algo", "args", "obs_dim", "act_dim", "spaces" (None for a checkpoint), "parts"
+    ({name: state_dict} of POLICY_PARTS), "path", "global_step"}. With `algo`, a file of another script is refused."""
+    path = Path(path)
+    if path.is_dir():
+        models = sorted(path.glob("*.model"))
+        if models:
+            path = models[0]
+        else:
+            saved = read_json(path / "args.json")
+            path = load_checkpoint(path, algo or (saved or {}).get("algo", "?"))[1]
+    if not path.is_file():
+        raise RunError(f"{path} does not exist")
+    try:
+        saved = torch.load(path, weights_only=False)
+    except Exception as e:
+        raise RunError(f"{path} is unreadable or corrupt ({type(e).__name__})") from None
+    is_model = isinstance(saved, dict) and saved.get("format") == MODEL_FORMAT
+    if not is_model and not (isinstance(saved, dict) and CHECKPOINT_KEYS <= set(saved)):
+        raise RunError(f"{path} is not a model, checkpoint or run directory of this project")
+    if algo and saved["algo"] != algo:
+        raise RunError(f"{path} was saved by {saved['algo']}.py, not {algo}.py")
+    if is_model:
+        parts = {name: saved[name] for name in POLICY_PARTS if name in saved}
+        spaces = (saved["observation_space"], saved["action_space"])
+    else:
+        learner = saved["learner"]
+        parts = {name: {k[len(name) + 1:]: v for k, v in learner.items() if k.startswith(name + ".")}
+                 for name in POLICY_PARTS}
+        spaces = None
+    return {"algo": saved["algo"], "args": saved["args"], "obs_dim": saved["obs_dim"], "act_dim": saved["act_dim"],
+            "spaces": spaces, "parts": parts, "path": str(path), "global_step": saved["global_step"]}
+
+
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def space_shapes(env):
+    space = env.action_space
+    return env.observation_space.shape[0], (space.shape[0] if space.shape else int(space.n))
+
+
+def check_spaces(env, source, path):
+    """Refuses, in one line, an environment whose spaces differ from those the saved policy was trained on."""
+    obs_dim, act_dim = space_shapes(env)
+    same = (obs_dim, act_dim) == (source["obs_dim"], source["act_dim"])
+    if same and source["spaces"] is not None and isinstance(env.action_space, gym.spaces.Box):
+        saved_action = source["spaces"][1]
+        same = np.allclose(saved_action.low, env.action_space.low) and np.allclose(saved_action.high,
+                                                                                     env.action_space.high)
+    if not same:
+        saved = source["spaces"][1] if source["spaces"] else f"{source['act_dim']} actions"
+        raise RunError(f"{path} was trained with observations of size {source['obs_dim']} and actions {saved}; "
+                       f"{env.spec.id if env.spec else 'this environment'} has {obs_dim} and {env.action_space}")
+
+
+def load_policy(learner, source):
+    """Loads the saved networks and observation statistics into the learner's parts of the same names."""
+    for name, state in source["parts"].items():
+        try:
+            getattr(learner, name).load_state_dict(state)
+        except RuntimeError as e:
+            reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+            raise RunError(f"the {name} saved in {source['path']} does not fit this run's ({reason}); use the saved "
+                           "run's --hidden-size and --feature-norm") from None
+
+
+def run_episodes(env, act, episodes, seed, generator=None):
+    """Runs whole episodes without learning: act(raw_obs, episode_step, generator) -> the environment's action (a
+    tensor); episode i starts from env.reset(seed=seed + i). An episode whose action is non-finite ends there (no
+    such action is ever sent). Returns (returns, lengths)."""
+    returns, lengths = [], []
+    for i in range(episodes):
+        raw_obs, _ = env.reset(seed=seed + i)
+        total, steps, done = 0.0, 0, False
+        while not done:
+            action = act(torch.from_numpy(np.asarray(raw_obs, dtype=np.float64)), steps, generator)
+            if not torch.isfinite(action).all():
+                break
+            raw_obs, reward, terminated, truncated, _ = env.step(action.numpy())
+            total, steps, done = total + float(reward), steps + 1, terminated or truncated
+        returns.append(total)
+        lengths.append(steps)
+    return returns, lengths
+
+
 # --------------------------------------------------------------------------------------------- provenance
 def made_with():
-    """The versions and the checkout that made a run, for args.json."""
-    import mujoco
+    """The versions and the checkout that made a run, for args.json. (MuJoCo's from the package metadata: importing
+    it here would fix its OpenGL backend before make_env chooses one for rendering.)"""
+    from importlib.metadata import version
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "gymnasium": gym.__version__,
-                "mujoco": mujoco.__version__, "numpy": np.__version__}
+                "mujoco": version("mujoco"), "numpy": np.__version__}
     try:
         def git(*cmd):
             return subprocess.run(["git", "-C", str(ROOT), *cmd], capture_output=True, text=True, timeout=10,
@@ -217,9 +329,29 @@ def made_with():
 
 
 # ------------------------------------------------------------------------------------------- environments
+def is_image(space):
+    return isinstance(space, gym.spaces.Box) and (space.dtype == np.uint8 or len(space.shape) >= 3)
+
+
+def box_leaves(space):
+    """The spaces inside a (nested) Dict, or [space]."""
+    if isinstance(space, gym.spaces.Dict):
+        return [leaf for part in space.spaces.values() for leaf in box_leaves(part)]
+    return [space]
+
+
 def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=True):
     """gym.make with the robot flags and video recording, checked to have an action space of `action_spaces`
-    (1-D Boxes, with finite bounds if asked) and a flat Box observation. Problems are one-line RunErrors."""
+    (1-D Boxes, with finite bounds if asked) and vector observations. Problems are one-line RunErrors.
+
+    Observations: a Dict of Boxes (DeepMind Control's, say) or a multi-dimensional Box that is not an image is
+    flattened into one vector by gymnasium's FlattenObservation: the Dict's parts in the order of its keys, which
+    gymnasium's Dict space sorts alphabetically (for dm_control/finger-spin: position, touch, velocity), each part in
+    C order. Images (uint8, or three or more dimensions) are refused."""
+    if args.env.startswith("dm_control/"):
+        if not os.environ.get("DISPLAY"):
+            os.environ.setdefault("MUJOCO_GL", "egl")  # dm_control picks its renderer at import; no display here
+        import shimmy  # noqa: F401 (registers the dm_control/ ids with gymnasium)
     robot_kwargs = {k: v for k, v in [("host", args.robot_host), ("port", args.robot_port),
                                       ("realtime", args.realtime or None)] if v is not None}
     if robot_kwargs and args.env not in robots.ENV_IDS:
@@ -251,12 +383,15 @@ def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=T
     elif finite_action_bounds and isinstance(action_space, gym.spaces.Box) and not (
             np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
         problem = f"{algo}.py squashes actions with tanh and needs finite action bounds; {args.env} has {action_space}"
-    elif not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        problem = (f"{algo}.py needs a flat Box observation space; {args.env} has {obs_space} "
-                   "(gymnasium.wrappers.FlattenObservation can flatten it)")
+    elif any(is_image(leaf) for leaf in box_leaves(obs_space)):
+        problem = f"{algo}.py learns from vector observations; {args.env} has images: {obs_space}"
+    elif not all(isinstance(leaf, gym.spaces.Box) for leaf in box_leaves(obs_space)):
+        problem = f"{algo}.py needs Box observations (or a Dict of Boxes); {args.env} has {obs_space}"
     if problem:
         env.close()
         raise RunError(problem)
+    if len(obs_space.shape or ()) != 1:  # a Dict, or a Box of another shape
+        env = gym.wrappers.FlattenObservation(env)
     return env
 
 
@@ -297,7 +432,7 @@ class Run:
         self.stop_signal = None  # from here on Ctrl-C and SIGTERM stop the run cleanly, at the next step
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
-        self.env = self.learner = self.writer = None
+        self.env = self.eval_env = self.learner = self.writer = None
         self.global_step = self.episodes = self.skipped = self.exit_code = 0
         self.episode_return, self.episode_length, self.recent_returns = 0.0, 0, []
         self.wandb_id, self.message = None, ""
@@ -312,13 +447,17 @@ class Run:
         return self.checkpoint is not None
 
     def make_env(self, **checks):
-        """The training environment (see make_env for `checks`), seeded; kept for checkpoints and closing."""
+        """The training environment (see make_env for `checks`), seeded; kept for checkpoints and closing. With
+        --eval-every, also the evaluation environment, a separate instance (without video)."""
         self.env = make_env(self.args, self.algo, **checks)
         self.env.action_space.seed(self.args.seed)
+        if self.args.eval_every:
+            self.eval_env = make_env(dataclasses.replace(self.args, capture_video=False), self.algo, **checks)
         return self.env
 
     def start(self, learner, summary=""):
-        """Restores a resumed run's learner, counters and random streams; opens TensorBoard and wandb."""
+        """Restores a resumed run's learner, counters and random streams, or loads --init-from's policy, critic and
+        observation statistics into a new one; opens TensorBoard and wandb."""
         args, env, self.learner = self.args, self.env, learner
         obs_dim, act_dim = self.shapes()
         if self.checkpoint:
@@ -337,6 +476,11 @@ class Run:
             torch.set_rng_state(checkpoint["rng"]["torch"])
             np.random.set_state(checkpoint["rng"]["numpy"])
             random.setstate(checkpoint["rng"]["python"])
+        elif args.init_from:
+            source = load_policy_source(args.init_from, self.algo)
+            check_spaces(self.env, source, args.init_from)
+            load_policy(learner, source)
+            print(f"starting from {source['path']} (step {source['global_step']} of {source['args']['run_name']})")
         print(f"{self.algo}.py on {args.env}: {summary}; logging to {self.dir}")
         if args.track:
             import wandb
@@ -353,12 +497,13 @@ class Run:
         self.writer = SummaryWriter(str(self.dir), purge_step=self.global_step + 1 if self.checkpoint else None)
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
                              "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-        self.last_checkpoint_step, self.last_print, self.loop_start = self.global_step, 0.0, None
+        self.last_checkpoint_step, self.last_eval_step = self.global_step, self.global_step
+        self.last_print, self.loop_start = 0.0, None
         self.log_time, self.log_step = time.time(), self.global_step
 
     def shapes(self):
-        space = self.env.action_space
-        return self.env.observation_space.shape[0], (space.shape[0] if space.shape else int(space.n))
+        """(observation size, action size or number of actions) of the training environment."""
+        return space_shapes(self.env)
 
     def compile(self, learner, example_inputs):
         """The compiled update (--compile on, or auto with a budget of at least 10k steps), else the learner itself.
@@ -436,9 +581,10 @@ class Run:
             self.writer.add_scalar(tag, value, self.global_step)
         self.log_time, self.log_step, self.n_updates = time.time(), self.global_step, 0
 
-    def end_episode(self, info):
-        """Logs the episode that just ended, prints the console line (at most one a second) and writes a checkpoint
-        when one is due. Call it after the learner's own end-of-episode bookkeeping."""
+    def end_episode(self, info, policy=None):
+        """Logs the episode that just ended, prints the console line (at most one a second), evaluates `policy` when
+        --eval-every is due (see evaluate) and writes a checkpoint when one is due. Call it after the learner's own
+        end-of-episode bookkeeping."""
         self.episodes += 1
         self.recent_returns = (self.recent_returns + [self.episode_return])[-10:]
         self.writer.add_scalar("charts/episodic_return", self.episode_return, self.global_step)
@@ -449,9 +595,25 @@ class Run:
             print(self.console_line())
             self.last_print = time.time()
         self.episode_return, self.episode_length = 0.0, 0
+        every = self.args.eval_every
+        if every and policy is not None and self.global_step // every > self.last_eval_step // every:
+            self.evaluate(policy)
         if self.args.checkpoint_every and self.global_step - self.last_checkpoint_step >= self.args.checkpoint_every:
             self.save_checkpoint(mid_episode=False)
             self.last_checkpoint_step = self.global_step
+
+    def evaluate(self, policy):
+        """--eval-episodes episodes of policy(raw_obs, episode_step, None), its deterministic action without learning,
+        on the evaluation environment; the same start states every time. Touches none of training's random streams,
+        so a run gives the same training returns with and without evaluation."""
+        returns, lengths = run_episodes(self.eval_env, policy, self.args.eval_episodes,
+                                        self.args.seed + EVAL_SEED_OFFSET)
+        self.writer.add_scalar("eval/episodic_return", np.mean(returns), self.global_step)
+        self.writer.add_scalar("eval/episodic_return_std", np.std(returns), self.global_step)
+        self.writer.add_scalar("eval/episodic_length", np.mean(lengths), self.global_step)
+        print(f"eval at global_step={self.global_step}: mean return {np.mean(returns):.1f} (std {np.std(returns):.1f}) "
+              f"over {len(returns)} episodes")
+        self.last_eval_step = self.global_step
 
     def console_line(self):
         start_time, start_step = self.loop_start or (time.time(), self.global_step)
@@ -502,6 +664,8 @@ class Run:
             self.message = f"failed at step {self.global_step} (above); resume with --resume {path}"
         finally:
             self.env.close()
+            if self.eval_env is not None:
+                self.eval_env.close()
             self.writer.close()
             if self.args.track:
                 import wandb
@@ -509,12 +673,17 @@ class Run:
 
     def finish(self, model):
         """The exit status. A run that ended early prints why (one line); a finished one writes summary.json and,
-        with --save-model, `model` ({name: state_dict}) with the run's arguments."""
+        with --save-model, SCRIPT.model: `model` ({name: state_dict} of POLICY_PARTS) with what rebuilding the policy
+        needs (the script, its arguments, the spaces) and how it was made."""
         if self.exit_code:
             print(f"{self.algo}.py: {self.message}", file=sys.stderr)
             return self.exit_code
         if self.args.save_model:
-            save_atomic({**model, "args": asdict(self.args)}, self.dir / f"{self.algo}.model")
+            obs_dim, act_dim = self.shapes()
+            save_atomic({"format": MODEL_FORMAT, "algo": self.algo, "args": asdict(self.args), **model,
+                         "obs_dim": obs_dim, "act_dim": act_dim, "observation_space": self.env.observation_space,
+                         "action_space": self.env.action_space, "global_step": self.global_step,
+                         "made_with": made_with()}, self.dir / f"{self.algo}.model")
         (self.dir / "summary.json").write_text(json.dumps({
             "finished": True, "global_step": self.global_step, "episodes": self.episodes,
             "mean_return_last10": float(np.mean(self.recent_returns)) if self.recent_returns else None}))

@@ -216,6 +216,15 @@ class SAC(nn.Module):
         action, log_prob = self.actor(obs, noise)
         return action, action * self.action_scale + self.action_offset, log_prob
 
+    @torch.no_grad()
+    def evaluation_action(self, raw_obs, episode_step, generator=None):
+        """The environment's action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation
+        statistics frozen; tanh of the mean, or a sample when a generator is given."""
+        obs = self.obs_stats.normalize(raw_obs.double()).float() if self.obs_norm else raw_obs.float()
+        noise = torch.zeros(self.action_scale.shape) if generator is None else torch.randn(self.action_scale.shape,
+                                                                                            generator=generator)
+        return self.act(obs, noise)[1]
+
     def observe(self, obs, action, log_prob, raw_next_obs, reward, terminated):
         """Normalises S', feeds the TD-error scale statistics (the reward entropy-augmented with the behaviour
         policy's log-probability, as in avg.py) and stores (S, A, R, S', terminated). Returns S'."""
@@ -269,6 +278,12 @@ class SAC(nn.Module):
         return next_action, next_env_action, next_log_prob, next_obs, ok
 
 
+def make_learner(env, args):
+    """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
+    return SAC(env.observation_space.shape[0], env.action_space.low.astype(np.float64),
+                  env.action_space.high.astype(np.float64), args)
+
+
 # ---------------------------------------------------------------------------------------------------- run
 def main(args, given=frozenset()):
     args, checkpoint = run_tools.resume_args(args, given, ALGO)
@@ -280,12 +295,14 @@ def main(args, given=frozenset()):
     run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
     env = run.make_env(finite_action_bounds=True)
     obs_dim, act_dim = run.shapes()
-    agent = SAC(obs_dim, env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64), args)
+    agent = make_learner(env, args)
     hyperparams = {k: getattr(args, k) for k in ("buffer_size", "batch_size", "learning_starts", "actor_lr",
                                                   "critic_lr", "alpha_lr", "gamma", "tau")}
     run.start(agent, str(hyperparams))  # a resumed run's state restored; TensorBoard, wandb
     if run.resumed:
         agent.td_scaler.episode_return.zero_()  # the partial episode at a mid-episode save is dropped
+    elif args.init_from:
+        agent.target.load_state_dict(agent.critic.state_dict())
     scalars = torch.zeros(2)  # reward and terminated, written through a numpy view each step
     scalars_np, reward_t, terminated_t = scalars.numpy(), scalars[0], scalars[1]
     step_fn = run.compile(agent, (torch.zeros(obs_dim), torch.zeros(act_dim), torch.zeros(()),
@@ -336,7 +353,7 @@ def main(args, given=frozenset()):
             run.log_window(agent.metrics)
             if terminated or truncated:
                 agent.td_scaler.end_episode()
-                run.end_episode(info)
+                run.end_episode(info, agent.evaluation_action)  # and --eval-every
                 obs, action, env_action, log_prob = reset()
             else:
                 obs, action, env_action, log_prob = next_obs, next_action, next_env_action, next_log_prob

@@ -245,7 +245,7 @@ class ObGD(nn.Module):
 class StreamAC(nn.Module):
     """The whole learner. forward() is one Stream AC(lambda) step; parameters and buffers are the complete state."""
 
-    def __init__(self, obs_dim, act_low, act_high, args):
+    def __init__(self, obs_dim, act_low, act_high, args, time_limit=1000):
         super().__init__()
         act_dim, in_dim = len(act_low), obs_dim + args.time_feature
         self.actor = Actor(in_dim, act_dim, args.hidden_size, args.sparsity)
@@ -257,6 +257,7 @@ class StreamAC(nn.Module):
         self.reward_scaler = RewardScaler(args.gamma)
         self.eta, self.gamma = args.entropy_coef, args.gamma
         self.obs_norm, self.reward_scale, self.time_feature = args.obs_norm, args.reward_scale, args.time_feature
+        self.time_limit = time_limit  # of the time feature, -0.5 + t / time_limit
         self.register_buffer("action_low", torch.as_tensor(act_low, dtype=torch.float32))
         self.register_buffer("action_high", torch.as_tensor(act_high, dtype=torch.float32))
         self.metrics = MetricSums("losses/critic_loss", "losses/actor_loss", "health/entropy", "health/abs_v",
@@ -276,6 +277,17 @@ class StreamAC(nn.Module):
         mu, std = self.actor(obs)
         sample = mu + std * noise
         return torch.clamp(sample, self.action_low, self.action_high), sample
+
+    @torch.no_grad()
+    def evaluation_action(self, raw_obs, episode_step, generator=None):
+        """The environment's action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation
+        statistics frozen; the clipped mean, or a sample when a generator is given."""
+        obs = self.obs_stats.normalize(raw_obs.double()).float() if self.obs_norm else raw_obs.float()
+        if self.time_feature:
+            obs = torch.cat([obs, torch.tensor([episode_step / self.time_limit - 0.5])])
+        noise = torch.zeros(self.action_low.shape) if generator is None else torch.randn(self.action_low.shape,
+                                                                                          generator=generator)
+        return self.act(obs, noise)[0]
 
     def objectives(self, params, obs, sample, next_obs, reward, discount):
         actor_params, critic_params = params
@@ -325,6 +337,13 @@ class StreamAC(nn.Module):
         self.reward_scaler.end_episode()
 
 
+def make_learner(env, args):
+    """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
+    time_limit = (env.spec.max_episode_steps if env.spec is not None else None) or 1000
+    return StreamAC(env.observation_space.shape[0], env.action_space.low.astype(np.float64),
+                    env.action_space.high.astype(np.float64), args, time_limit)
+
+
 # ---------------------------------------------------------------------------------------------------- run
 def main(args, given=frozenset()):
     args, checkpoint = run_tools.resume_args(args, given, ALGO)
@@ -335,9 +354,7 @@ def main(args, given=frozenset()):
     run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
     env = run.make_env(finite_action_bounds=False)  # actions are clipped, not squashed
     obs_dim, act_dim = run.shapes()
-    time_limit = (env.spec.max_episode_steps if env.spec is not None else None) or 1000
-    agent = StreamAC(obs_dim, env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64),
-                     args)
+    agent = make_learner(env, args)
     hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "gamma", "trace_lambda", "kappa_policy",
                                                  "kappa_value", "entropy_coef", "optimizer")}
     run.start(agent, str(hyperparams))  # a resumed run's state restored; TensorBoard, wandb
@@ -360,7 +377,7 @@ def main(args, given=frozenset()):
         while run.global_step < args.total_timesteps and run.stop_signal is None:
             raw_next_obs, reward, terminated, truncated, info = env.step(action.numpy())
             culprit = run.count_step(reward, raw_next_obs)  # None, or which input is non-finite
-            scalars_np[:] = reward, terminated, run.episode_length / time_limit - 0.5
+            scalars_np[:] = reward, terminated, run.episode_length / agent.time_limit - 0.5
             noise = torch.randn(act_dim, generator=run.noise_gen)
             raw_next_obs = torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64))
             # ALGO LOGIC: one Stream AC(lambda) update on (S, A, R, S'), and the next action from the updated actor
@@ -380,7 +397,7 @@ def main(args, given=frozenset()):
             run.log_window(agent.metrics)
             if terminated or truncated:
                 agent.end_episode()
-                run.end_episode(info)
+                run.end_episode(info, agent.evaluation_action)  # and --eval-every
                 obs, action, sample = reset()
             else:
                 obs, action, sample = next_obs, next_action, next_sample

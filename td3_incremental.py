@@ -212,6 +212,15 @@ class TD3(nn.Module):
         action = (self.actor(obs) + self.exploration_noise * noise).clamp(-1, 1)
         return action, action * self.action_scale + self.action_offset
 
+    @torch.no_grad()
+    def evaluation_action(self, raw_obs, episode_step, generator=None):
+        """The environment's action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation
+        statistics frozen; the actor's action, or with exploration noise when a generator is given."""
+        obs = self.obs_stats.normalize(raw_obs.double()).float() if self.obs_norm else raw_obs.float()
+        noise = torch.zeros(self.action_scale.shape) if generator is None else torch.randn(self.action_scale.shape,
+                                                                                            generator=generator)
+        return self.act(obs, noise)[1]
+
     def observe(self, obs, action, raw_next_obs, reward, terminated):
         """Normalises S', feeds the TD-error scale statistics and stores (S, A, R, S', terminated). Returns S'."""
         next_obs = self.normalize(raw_next_obs)
@@ -264,6 +273,12 @@ class TD3(nn.Module):
         return next_action, next_env_action, next_obs, ok & actor_ok
 
 
+def make_learner(env, args):
+    """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
+    return TD3(env.observation_space.shape[0], env.action_space.low.astype(np.float64),
+                  env.action_space.high.astype(np.float64), args)
+
+
 # ---------------------------------------------------------------------------------------------------- run
 def main(args, given=frozenset()):
     args, checkpoint = run_tools.resume_args(args, given, ALGO)
@@ -278,12 +293,15 @@ def main(args, given=frozenset()):
     run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
     env = run.make_env(finite_action_bounds=True)
     obs_dim, act_dim = run.shapes()
-    agent = TD3(obs_dim, env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64), args)
+    agent = make_learner(env, args)
     hyperparams = {k: getattr(args, k) for k in ("buffer_size", "batch_size", "learning_starts", "actor_lr",
                                                   "critic_lr", "gamma", "tau", "policy_delay")}
     run.start(agent, str(hyperparams))  # a resumed run's state restored; TensorBoard, wandb
     if run.resumed:
         agent.td_scaler.episode_return.zero_()  # the partial episode at a mid-episode save is dropped
+    elif args.init_from:
+        agent.actor_target.load_state_dict(agent.actor.state_dict())
+        agent.critic_target.load_state_dict(agent.critic.state_dict())
     scalars = torch.zeros(2)  # reward and terminated, written through a numpy view each step
     scalars_np, reward_t, terminated_t = scalars.numpy(), scalars[0], scalars[1]
     step_fn = run.compile(agent, (torch.zeros(obs_dim), torch.zeros(act_dim), torch.zeros(obs_dim, dtype=torch.float64),
@@ -333,7 +351,7 @@ def main(args, given=frozenset()):
             run.log_window(agent.critic_metrics, agent.actor_metrics)
             if terminated or truncated:
                 agent.td_scaler.end_episode()
-                run.end_episode(info)
+                run.end_episode(info, agent.evaluation_action)  # and --eval-every
                 obs, action, env_action = reset()
             else:
                 obs, action, env_action = next_obs, next_action, next_env_action

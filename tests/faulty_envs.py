@@ -66,6 +66,17 @@ class DictPointEnv(PointEnv):
         return {"position": self.position.copy(), "time": np.array([self.t / self.episode_length])}
 
 
+class ImagePointEnv(PointEnv):
+    """PointEnv seen through a camera: uint8 frames."""
+
+    def __init__(self):
+        super().__init__()
+        self.observation_space = gym.spaces.Box(0, 255, (10, 10, 3), np.uint8)
+
+    def _obs(self):
+        return np.zeros((10, 10, 3), np.uint8)
+
+
 gym.register("NanObservation-v0", entry_point=PointEnv, kwargs={"fault": "nan_observation"})
 gym.register("NanReward-v0", entry_point=PointEnv, kwargs={"fault": "nan_reward"})
 gym.register("HugeReward-v0", entry_point=PointEnv, kwargs={"fault": "huge_reward"})
@@ -74,3 +85,4 @@ gym.register("Crash-v0", entry_point=PointEnv, kwargs={"fault": "crash"})
 gym.register("Point-v0", entry_point=PointEnv)
 gym.register("Unbounded-v0", entry_point=UnboundedPointEnv)
 gym.register("DictObservation-v0", entry_point=DictPointEnv)
+gym.register("ImageObservation-v0", entry_point=ImagePointEnv)

@@ -256,7 +256,8 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path)
     ("NoSuchEnv-v0", {}, "cannot make environment 'NoSuchEnv-v0'"),
     ("CartPole-v1", {}, "tiny.py needs a continuous (Box) action space; CartPole-v1 has Discrete(2)"),
     ("faulty_envs:Unbounded-v0", {}, "tiny.py squashes actions with tanh and needs finite action bounds"),
-    ("faulty_envs:DictObservation-v0", {}, "tiny.py needs a flat Box observation space"),
+    ("faulty_envs:ImageObservation-v0", {}, "tiny.py learns from vector observations; faulty_envs:ImageObservation-v0 "
+                                            "has images: Box(0, 255, (10, 10, 3), uint8)"),
 ])
 def test_environments_a_script_cannot_use_are_refused_in_one_line(env, checks, message):
     with pytest.raises(RunError, match=re.escape(message)):
