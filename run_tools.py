@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent
 
 # The algorithm scripts at the repository root, and what their exit statuses mean: read by scripts/sweep.py,
 # scripts/slurm.py, scripts/bench.py and the tests.
-SCRIPTS = ("avg", "iac", "sac_incremental", "td3_incremental", "stream_ac")
+SCRIPTS = ("avg", "iac", "sac_incremental", "td3_incremental", "stream_ac", "stream_q")
 EXIT_CODES = {
     0: "finished",
     1: "crashed (an exception from the environment or a library; traceback in the log; resumable)",
@@ -97,7 +97,7 @@ class RunArgs:
     """record videos of episodes to videos/RUN_NAME (needs rendering and moviepy)"""
 
     checkpoint_every: int = 0
-    """write a checkpoint (the complete learner state) at the first episode end after every N steps; 0: only at a stop"""
+    """write a checkpoint (the complete learner state) at the first episode end after every N steps; 0: at stops"""
     keep_checkpoints: int = 3
     """how many checkpoints to keep"""
     resume: Optional[str] = None
@@ -127,7 +127,7 @@ RESUME_OVERRIDES = {"total_timesteps", "checkpoint_every", "keep_checkpoints", "
                     "compile", "robot_host", "robot_port", "realtime", "eval_every", "eval_episodes"}
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episode i starts from reset(seed=args.seed + EVAL_SEED_OFFSET + i)
 MODEL_FORMAT = "incremental-rl model 1"
-POLICY_PARTS = ("actor", "critic", "obs_stats")  # what a .model holds of a learner, by attribute name
+POLICY_PARTS = ("actor", "critic", "q_net", "obs_stats")  # what a .model holds of a learner, by attribute name
 
 
 def flags_given(argv, args_class):
@@ -248,6 +248,7 @@ def load_policy_source(path, algo=None):
         learner = saved["learner"]
         parts = {name: {k[len(name) + 1:]: v for k, v in learner.items() if k.startswith(name + ".")}
                  for name in POLICY_PARTS}
+        parts = {name: state for name, state in parts.items() if state}
         spaces = None
     return {"algo": saved["algo"], "args": saved["args"], "obs_dim": saved["obs_dim"], "act_dim": saved["act_dim"],
             "spaces": spaces, "parts": parts, "path": str(path), "global_step": saved["global_step"]}
@@ -340,18 +341,33 @@ def box_leaves(space):
     return [space]
 
 
-def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=True):
+def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=True, images=False):
     """gym.make with the robot flags and video recording, checked to have an action space of `action_spaces`
     (1-D Boxes, with finite bounds if asked) and vector observations. Problems are one-line RunErrors.
 
     Observations: a Dict of Boxes (DeepMind Control's, say) or a multi-dimensional Box that is not an image is
     flattened into one vector by gymnasium's FlattenObservation: the Dict's parts in the order of its keys, which
     gymnasium's Dict space sorts alphabetically (for dm_control/finger-spin: position, touch, velocity), each part in
-    C order. Images (uint8, or three or more dimensions) are refused."""
+    C order. Images (uint8, or three or more dimensions) are refused unless `images`.
+
+    MinAtar ids (MinAtar/Breakout-v1, ...) are registered here; Atari ids (ALE/Breakout-v5, ...) get the usual
+    preprocessing: no-op starts (up to 30), 4 frames skipped (max-pooled), 84x84 greyscale, 4 stacked (channels
+    first), the whole game one episode."""
     if args.env.startswith("dm_control/"):
         if not os.environ.get("DISPLAY"):
             os.environ.setdefault("MUJOCO_GL", "egl")  # dm_control picks its renderer at import; no display here
         import shimmy  # noqa: F401 (registers the dm_control/ ids with gymnasium)
+    if args.env.startswith("MinAtar/"):
+        import minatar.gym
+        if args.env not in gym.registry:
+            minatar.gym.register_envs()  # importing the package is not enough
+    atari = args.env.startswith("ALE/")
+    if atari:
+        try:
+            import ale_py
+        except ImportError:
+            raise RunError(f"{args.env} needs ale-py: pip install -e '.[atari]'") from None
+        gym.register_envs(ale_py)
     robot_kwargs = {k: v for k, v in [("host", args.robot_host), ("port", args.robot_port),
                                       ("realtime", args.realtime or None)] if v is not None}
     if robot_kwargs and args.env not in robots.ENV_IDS:
@@ -359,7 +375,10 @@ def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=T
     if args.capture_video and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["MUJOCO_GL"] = "egl"  # headless: render off-screen
     try:
-        env = gym.make(args.env, **robot_kwargs, **({"render_mode": "rgb_array"} if args.capture_video else {}))
+        env = gym.make(args.env, **robot_kwargs, **({"render_mode": "rgb_array"} if args.capture_video else {}),
+                       **({"frameskip": 1} if atari else {}))
+        if atari:
+            env = gym.wrappers.FrameStackObservation(gym.wrappers.AtariPreprocessing(env, noop_max=30), 4)
     except robots.RobotError:
         raise
     except Exception as e:  # unknown id, missing dependency, broken rendering setup, ...
@@ -378,21 +397,42 @@ def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=T
     problem = None
     if not isinstance(action_space, action_spaces) or (isinstance(action_space, gym.spaces.Box)
                                                         and len(action_space.shape) != 1):
-        problem = (f"{algo}.py needs a continuous (Box) action space; {args.env} has {action_space}"
-                   if action_spaces == (gym.spaces.Box,) else f"{algo}.py cannot act in {action_space}")
+        if action_spaces == (gym.spaces.Box,):
+            problem = (f"{algo}.py needs a continuous (Box) action space; {args.env} has {action_space} (for "
+                       "discrete actions: stream_q.py)")
+        elif action_spaces == (gym.spaces.Discrete,):
+            problem = (f"{algo}.py needs a discrete action space; {args.env} has {action_space} (for continuous "
+                       "actions: stream_ac.py, avg.py)")
+        else:
+            problem = f"{algo}.py cannot act in {action_space}"
     elif finite_action_bounds and isinstance(action_space, gym.spaces.Box) and not (
             np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
         problem = f"{algo}.py squashes actions with tanh and needs finite action bounds; {args.env} has {action_space}"
-    elif any(is_image(leaf) for leaf in box_leaves(obs_space)):
+    elif not images and any(is_image(leaf) for leaf in box_leaves(obs_space)):
         problem = f"{algo}.py learns from vector observations; {args.env} has images: {obs_space}"
     elif not all(isinstance(leaf, gym.spaces.Box) for leaf in box_leaves(obs_space)):
         problem = f"{algo}.py needs Box observations (or a Dict of Boxes); {args.env} has {obs_space}"
     if problem:
         env.close()
         raise RunError(problem)
-    if len(obs_space.shape or ()) != 1:  # a Dict, or a Box of another shape
+    if len(obs_space.shape or ()) != 1 and not (images and is_image(obs_space)):  # a Dict, or another Box
         env = gym.wrappers.FlattenObservation(env)
     return env
+
+
+def env_random_state(env):
+    """The state of the environment's random stream: a numpy Generator's, or (DeepMind Control's task randomness
+    through shimmy) a legacy RandomState's."""
+    rng = env.unwrapped.np_random
+    return rng.bit_generator.state if hasattr(rng, "bit_generator") else rng.get_state()
+
+
+def set_env_random_state(env, state):
+    rng = env.unwrapped.np_random
+    if hasattr(rng, "bit_generator"):
+        rng.bit_generator.state = state
+    else:
+        rng.set_state(state)
 
 
 @contextmanager
@@ -419,8 +459,6 @@ class Run:
         self.dir = Path("runs") / args.run_name
         try:
             (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (self.dir / "args.json").write_text(json.dumps({"algo": algo, **asdict(args),
-                                                            "made_with": made_with()}, indent=1))
         except OSError as e:
             raise RunError(f"cannot write the run directory {self.dir}: {e.strerror}") from None
         # Seeding: every source of randomness. The learner's noise has its own generator, saved in checkpoints.
@@ -481,6 +519,9 @@ class Run:
             check_spaces(self.env, source, args.init_from)
             load_policy(learner, source)
             print(f"starting from {source['path']} (step {source['global_step']} of {source['args']['run_name']})")
+        # written here, once a script has filled in the defaults that depend on the environment
+        (self.dir / "args.json").write_text(json.dumps({"algo": self.algo, **asdict(args), "made_with": made_with()},
+                                                       indent=1))
         print(f"{self.algo}.py on {args.env}: {summary}; logging to {self.dir}")
         if args.track:
             import wandb
@@ -530,7 +571,7 @@ class Run:
         """env.reset(): seeded at the run's first step; on resuming, the environment's saved random stream."""
         checkpoint = self.checkpoint
         if checkpoint and (self.episodes, self.global_step) == (checkpoint["episodes"], checkpoint["global_step"]):
-            self.env.unwrapped.np_random.bit_generator.state = checkpoint["rng"]["env"]
+            set_env_random_state(self.env, checkpoint["rng"]["env"])
             raw_obs, _ = self.env.reset()
         else:
             raw_obs, _ = self.env.reset(seed=self.args.seed if self.global_step == 0 else None)
@@ -628,7 +669,7 @@ class Run:
         self.writer.flush()  # the logs up to this step are on disk before the checkpoint that follows them
         path = self.dir / "checkpoints" / f"step_{self.global_step:012d}.pt"
         rng = {"noise": self.noise_gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-               "python": random.getstate(), "env": self.env.unwrapped.np_random.bit_generator.state}
+               "python": random.getstate(), "env": env_random_state(self.env)}
         obs_dim, act_dim = self.shapes()
         save_atomic({"algo": self.algo, "args": asdict(self.args), "obs_dim": obs_dim, "act_dim": act_dim,
                      "global_step": self.global_step, "episodes": self.episodes, "mid_episode": mid_episode,

@@ -131,7 +131,8 @@ class FeatureNorm(nn.Module):
 
 
 def mlp_trunk(n_in, hidden, feature_norm):
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), FeatureNorm(feature_norm))
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         FeatureNorm(feature_norm))
 
 
 class Actor(nn.Module):
@@ -273,7 +274,8 @@ class SAC(nn.Module):
         for target_param, param in zip(self.target.parameters(), critic_params.values()):
             target_param.copy_(torch.where(ok, target_param.lerp(param, self.tau), target_param))
         self.metrics.add(ok, {"losses/critic_loss": critic_loss, "losses/actor_loss": actor_loss, "losses/alpha": alpha,
-                              "health/entropy": -policy_log_prob.mean(), "health/abs_q": abs_q, "health/td_sigma": sigma})
+                              "health/entropy": -policy_log_prob.mean(), "health/abs_q": abs_q,
+                              "health/td_sigma": sigma})
         next_action, next_env_action, next_log_prob = self.act(next_obs, next_noise)
         return next_action, next_env_action, next_log_prob, next_obs, ok
 
@@ -287,7 +289,8 @@ def make_learner(env, args):
 # ---------------------------------------------------------------------------------------------------- run
 def main(args, given=frozenset()):
     args, checkpoint = run_tools.resume_args(args, given, ALGO)
-    run_tools.check_args(args, positive=("hidden_size", "buffer_size", "batch_size", "actor_lr", "critic_lr", "alpha_lr"),
+    run_tools.check_args(args, positive=("hidden_size", "buffer_size", "batch_size", "actor_lr", "critic_lr",
+                                         "alpha_lr"),
                          ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1,
                                  "tau": lambda t: 0 < t <= 1, "learning_starts": lambda n: n >= 0})
     if args.batch_size > args.buffer_size:

@@ -30,7 +30,6 @@ Choices where docs/algorithms.md is silent or where this script departs from the
   the authors' rule would zero a whole row (e.g. a 3-dim observation plus the time feature).
 Run machinery (checkpoints, resume, logs, compiling): run_tools.py and update_tools.py, as for every script.
 """
-import copy
 import math
 import sys
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 import tyro
 
 import run_tools
-from update_tools import MetricSums, grad_and_aux
+from update_tools import MetricSums, ObGD, grad_and_aux
 
 ALGO = "stream_ac"
 
@@ -189,58 +188,6 @@ class Critic(nn.Module):
         return self.v(self.trunk(obs)).squeeze(-1)
 
 
-class ObGD(nn.Module):
-    """Overshooting-bounded gradient descent on an eligibility trace (algorithms.md 6), written out so that it fuses
-    into the compiled step. The trace (and, adaptive, the second moment v) live in zeroed copies of the network under
-    the parameters' own names. propose() computes the new state; apply() writes it only where `ok` is true, so a
-    non-finite value never reaches the weights or the traces."""
-
-    def __init__(self, network, lr, kappa, trace_decay, adaptive, beta2, eps=1e-8):
-        super().__init__()
-        self.lr, self.kappa, self.trace_decay, self.beta2, self.eps = lr, kappa, trace_decay, beta2, eps
-        self.trace = copy.deepcopy(network).requires_grad_(False)
-        self.second_moment = copy.deepcopy(network).requires_grad_(False) if adaptive else None
-        for state in (self.trace, self.second_moment):
-            for p in state.parameters() if state is not None else []:
-                p.zero_()
-        self.register_buffer("beta2_power", torch.ones(1, dtype=torch.float64))
-
-    def propose(self, grads, delta):
-        """New traces z, new second moments, the direction (z, or z / sqrt(v_hat + eps)), its L1 norm and the
-        effective step size alpha / max(M, 1)."""
-        traces = dict(self.trace.named_parameters())
-        z = {name: self.trace_decay * traces[name] + grad for name, grad in grads.items()}
-        v, beta2_power, direction = {}, self.beta2_power, z
-        if self.second_moment is not None:
-            moments = dict(self.second_moment.named_parameters())
-            beta2_power = self.beta2_power * self.beta2
-            v = {name: self.beta2 * moments[name] + (1 - self.beta2) * (delta * z[name]).square() for name in z}
-            bias_correction = (1 - beta2_power).float()
-            direction = {name: z[name] / (v[name] / bias_correction + self.eps).sqrt() for name in z}
-        norm = sum(d.abs().sum() for d in direction.values())
-        bound = self.lr * self.kappa * delta.abs().clamp_min(1.0) * norm
-        step_size = self.lr / bound.clamp_min(1.0)
-        return {"z": z, "v": v, "beta2_power": beta2_power, "direction": direction, "norm": norm,
-                "step_size": step_size}
-
-    def apply(self, params, proposal, delta, ok):
-        def keep(new, old):
-            old.copy_(torch.where(ok, new, old))
-
-        traces = dict(self.trace.named_parameters())
-        moments = dict(self.second_moment.named_parameters()) if self.second_moment is not None else {}
-        keep(proposal["beta2_power"], self.beta2_power)
-        for name, param in params.items():
-            keep(param + proposal["step_size"] * delta * proposal["direction"][name], param)
-            keep(proposal["z"][name], traces[name])
-            if name in moments:
-                keep(proposal["v"][name], moments[name])
-
-    def end_episode(self):
-        for z in self.trace.parameters():
-            z.zero_()
-
-
 # ------------------------------------------------------------------------------------------------- learner
 class StreamAC(nn.Module):
     """The whole learner. forward() is one Stream AC(lambda) step; parameters and buffers are the complete state."""
@@ -325,7 +272,8 @@ class StreamAC(nn.Module):
                               "health/entropy": ent, "health/abs_v": v.abs(),
                               "health/actor_step_size": actor_step["step_size"],
                               "health/critic_step_size": critic_step["step_size"],
-                              "health/actor_trace_l1": actor_step["norm"], "health/critic_trace_l1": critic_step["norm"],
+                              "health/actor_trace_l1": actor_step["norm"],
+                              "health/critic_trace_l1": critic_step["norm"],
                               "health/reward_std": reward_std})
         next_action, next_sample = self.act(next_obs, noise)
         return next_action, next_sample, next_obs, ok

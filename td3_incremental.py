@@ -137,7 +137,8 @@ class FeatureNorm(nn.Module):
 
 
 def mlp_trunk(n_in, hidden, feature_norm):
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), FeatureNorm(feature_norm))
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         FeatureNorm(feature_norm))
 
 
 class Actor(nn.Module):
@@ -267,7 +268,8 @@ class TD3(nn.Module):
         for target_net, net in [(self.actor_target, self.actor), (self.critic_target, self.critic)]:
             for target_param, param in zip(target_net.parameters(), net.parameters()):
                 target_param.copy_(torch.where(actors_turn, target_param.lerp(param, self.tau), target_param))
-        self.critic_metrics.add(ok, {"losses/critic_loss": critic_loss, "health/abs_q": abs_q, "health/td_sigma": sigma})
+        self.critic_metrics.add(ok, {"losses/critic_loss": critic_loss, "health/abs_q": abs_q,
+                                     "health/td_sigma": sigma})
         self.actor_metrics.add(actors_turn, {"losses/actor_loss": actor_loss})
         next_action, next_env_action = self.act(next_obs, next_noise)
         return next_action, next_env_action, next_obs, ok & actor_ok

@@ -2,7 +2,8 @@
 passes, backward pass, optimiser step, statistics, the next action) compiles into a single call of C++:
 
 - compile_update(): traces a learner's forward() with make_fx and compiles it with Inductor.
-- Adam: torch.optim.Adam written out as tensor code, with every write masked by an all-finite flag.
+- Adam: torch.optim.Adam written out as tensor code, with every write masked by an all-finite flag; ObGD, the
+  Stream-X optimiser (eligibility traces, overshooting bound), likewise.
 - grad_and_aux(), all_finite(): gradients by parameter name, and the cheap finiteness check.
 - ReplayBuffer: transitions in preallocated tensors (learner state, so checkpointed and compiled with the rest).
 - MetricSums: named running sums of logged values, kept inside the learner so logging costs no sync per step.
@@ -134,6 +135,58 @@ class Adam(nn.Module):
         torch._foreach_add_(denom, self.eps)
         torch._foreach_addcdiv_(params, exp_avg if exp_avg is not None else grads, denom,
                                 value=-self.lr / (1 - self.beta1_power).item())
+
+
+class ObGD(nn.Module):
+    """Overshooting-bounded gradient descent on an eligibility trace (docs/algorithms.md 6), the Stream-X optimiser,
+    written out so that it fuses into the compiled update. The trace (and, adaptive, the second moment v) live in
+    zeroed copies of the network under the parameters' own names. propose() computes the new state; apply() writes it
+    only where `ok` is true, so a non-finite value never reaches the weights or the traces."""
+
+    def __init__(self, network, lr, kappa, trace_decay, adaptive, beta2, eps=1e-8):
+        super().__init__()
+        self.lr, self.kappa, self.trace_decay, self.beta2, self.eps = lr, kappa, trace_decay, beta2, eps
+        self.trace = copy.deepcopy(network).requires_grad_(False)
+        self.second_moment = copy.deepcopy(network).requires_grad_(False) if adaptive else None
+        for state in (self.trace, self.second_moment):
+            for p in state.parameters() if state is not None else []:
+                p.zero_()
+        self.register_buffer("beta2_power", torch.ones(1, dtype=torch.float64))
+
+    def propose(self, grads, delta, keep_trace=1.0):
+        """New traces z = trace_decay keep_trace z + grad (keep_trace 0 cuts the trace: Watkins's Q(lambda)), new
+        second moments, the direction (z, or z / sqrt(v_hat + eps)), its L1 norm and the step size alpha / max(M, 1)."""
+        traces = dict(self.trace.named_parameters())
+        z = {name: self.trace_decay * keep_trace * traces[name] + grad for name, grad in grads.items()}
+        v, beta2_power, direction = {}, self.beta2_power, z
+        if self.second_moment is not None:
+            moments = dict(self.second_moment.named_parameters())
+            beta2_power = self.beta2_power * self.beta2
+            v = {name: self.beta2 * moments[name] + (1 - self.beta2) * (delta * z[name]).square() for name in z}
+            bias_correction = (1 - beta2_power).float()
+            direction = {name: z[name] / (v[name] / bias_correction + self.eps).sqrt() for name in z}
+        norm = sum(d.abs().sum() for d in direction.values())
+        bound = self.lr * self.kappa * delta.abs().clamp_min(1.0) * norm
+        step_size = self.lr / bound.clamp_min(1.0)
+        return {"z": z, "v": v, "beta2_power": beta2_power, "direction": direction, "norm": norm,
+                "step_size": step_size}
+
+    def apply(self, params, proposal, delta, ok):
+        def keep(new, old):
+            old.copy_(torch.where(ok, new, old))
+
+        traces = dict(self.trace.named_parameters())
+        moments = dict(self.second_moment.named_parameters()) if self.second_moment is not None else {}
+        keep(proposal["beta2_power"], self.beta2_power)
+        for name, param in params.items():
+            keep(param + proposal["step_size"] * delta * proposal["direction"][name], param)
+            keep(proposal["z"][name], traces[name])
+            if name in moments:
+                keep(proposal["v"][name], moments[name])
+
+    def end_episode(self):
+        for z in self.trace.parameters():
+            z.zero_()
 
 
 # ------------------------------------------------------------------------------------------- gradients

@@ -1,6 +1,6 @@
 """Speed and memory of every algorithm script, measured the way they run: as a subprocess on one core.
 
-    python scripts/bench.py                      # all scripts, compiled and eager, Hopper-v4
+    python scripts/bench.py                      # all scripts, compiled and eager (Hopper-v4; stream_q.py on MinAtar)
     python scripts/bench.py --algos avg --steps 60000 --modes on
 
 For each script and compile mode it runs `<algo>.py --env ENV` for --steps steps, pinned to one CPU, and reads
@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from run_tools import SCRIPTS  # noqa: E402
 
+DEFAULT_ENVS = {"stream_q": "MinAtar/Breakout-v1"}  # scripts for discrete actions; the others run Hopper-v4
+
 
 def tensor_bytes(tree):
     if isinstance(tree, torch.Tensor):
@@ -43,7 +45,8 @@ def tensor_bytes(tree):
 def run_one(algo, mode, args, workdir):
     run_name = f"bench_{algo}_{mode}"
     steps, warmup = (args.steps, args.warmup) if mode == "on" else (args.eager_steps, args.eager_warmup)
-    cmd = [sys.executable, str(REPO / f"{algo}.py"), "--env", args.env, "--total-timesteps", str(steps),
+    env_id = args.env or DEFAULT_ENVS.get(algo, "Hopper-v4")
+    cmd = [sys.executable, str(REPO / f"{algo}.py"), "--env", env_id, "--total-timesteps", str(steps),
            "--seed", "1", "--log-every", str(args.log_every), "--compile", mode, "--run-name", run_name,
            "--checkpoint-every", str(steps // 2)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -66,7 +69,7 @@ def run_one(algo, mode, args, workdir):
     checkpoint = torch.load(checkpoints[-1], weights_only=False)
     learner = checkpoint["learner"]
     replay = {k: v for k, v in learner.items() if k.startswith("replay.")}  # sac/td3's buffer is learner state
-    return {"sps": float(np.median(after("charts/SPS"))),
+    return {"env": env_id, "sps": float(np.median(after("charts/SPS"))),
             "p50": float(np.median(after("charts/update_us_p50"))),
             "p99": float(np.median(after("charts/update_us_p99"))),
             "rss_mb": usage.ru_maxrss / 1024,
@@ -80,7 +83,8 @@ def main():
     parser.add_argument("--algos", nargs="+", default=list(SCRIPTS), choices=SCRIPTS)
     parser.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"],
                         help="compile modes to measure (on: compiled update, off: eager)")
-    parser.add_argument("--env", default="Hopper-v4")
+    parser.add_argument("--env", help="environment for every script (default: Hopper-v4; MinAtar/Breakout-v1 for "
+                        "stream_q.py)")
     parser.add_argument("--steps", type=int, default=40_000, help="environment steps per compiled measurement")
     parser.add_argument("--warmup", type=int, default=10_000, help="steps left out of the compiled timings")
     parser.add_argument("--eager-steps", type=int, default=10_000, help="environment steps per eager measurement")
@@ -93,7 +97,7 @@ def main():
         parser.error("the warm-up must be shorter than the measurement")
     import gymnasium as gym
 
-    probe = gym.make(args.env)
+    probe = gym.make(args.env or "Hopper-v4")
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     # batch SAC stores (s, a, r, s', terminated) as float32: 2 obs + action + 2 scalars per transition
     sac_buffer_mb = 1_000_000 * (2 * obs_dim + act_dim + 2) * 4 / 2 ** 20
@@ -108,18 +112,20 @@ def main():
                 rows.append((algo, mode, run_one(algo, mode, args, workdir)))
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
-    print(f"\n{args.env}; compiled: {args.steps} steps per run, timings after step {args.warmup}; eager: "
+    print(f"\ncompiled: {args.steps} steps per run, timings after step {args.warmup}; eager: "
           f"{args.eager_steps} steps, after step {args.eager_warmup}; {cpu}, "
           f"{os.cpu_count()} cores, pinned to CPU {args.cpu}, torch {torch.__version__} (1 thread), "
           f"{datetime.date.today()}\n")
-    print("| script | update | env steps/s | update p50 (us) | update p99 (us) | peak RSS (MB) | learner state (KB) "
-          "| replay buffer (KB) | compile (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| script | environment | update | env steps/s | update p50 (us) | update p99 (us) | peak RSS (MB) "
+          "| learner state (KB) | replay buffer (KB) | compile (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for algo, mode, r in rows:
         compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
-        print(f"| {algo}.py | {'compiled' if mode == 'on' else 'eager'} | {r['sps']:.0f} | {r['p50']:.0f} | "
+        print(f"| {algo}.py | {r['env']} | {'compiled' if mode == 'on' else 'eager'} | {r['sps']:.0f} | "
+              f"{r['p50']:.0f} | "
               f"{r['p99']:.0f} | {r['rss_mb']:.0f} | {r['state_kb']:.0f} | {r['buffer_kb']:.0f} | {compile_s} |")
-    print(f"\nFor scale: batch SAC's replay buffer at 1M transitions of {args.env} holds {sac_buffer_mb:.0f} MB "
+    print(f"\nFor scale: batch SAC's replay buffer at 1M transitions of {args.env or 'Hopper-v4'} holds "
+          f"{sac_buffer_mb:.0f} MB "
           f"(float32 observations; 160x90x3 stacked images would need tens of GB).")
 
 

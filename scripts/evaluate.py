@@ -19,6 +19,7 @@ import math
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import torch
 
 from plot import mean_ci  # scripts/plot.py
@@ -64,7 +65,8 @@ def evaluate(opts):
     args = dataclasses.replace(saved, env=opts.env or saved.env, robot_host=opts.robot_host,
                                robot_port=opts.robot_port, realtime=opts.realtime, capture_video=opts.capture_video,
                                run_name=f"evaluate_{Path(opts.path).resolve().name}")
-    env = run_tools.make_env(args, source["algo"], finite_action_bounds=False)
+    env = run_tools.make_env(args, source["algo"], action_spaces=(gym.spaces.Box, gym.spaces.Discrete),
+                             finite_action_bounds=False, images=True)  # check_spaces holds it to the saved ones
     try:
         run_tools.check_spaces(env, source, opts.path)
         learner = module.make_learner(env, args)
@@ -98,8 +100,9 @@ def main(argv=None):
         return 0
     ci = result["ci95"]
     interval = f", 95% CI [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
-    print(f"{result['algo']}.py policy from {opts.path} on {result['env']}, {opts.episodes} episodes "
-          f"({'deterministic' if opts.deterministic else 'stochastic'}, seeds {opts.seed}-{opts.seed + opts.episodes - 1})")
+    mode = "deterministic" if opts.deterministic else "stochastic"
+    print(f"{result['algo']}.py policy from {opts.path} on {result['env']}, {opts.episodes} episodes ({mode}, "
+          f"seeds {opts.seed}-{opts.seed + opts.episodes - 1})")
     print(f"mean return {result['mean_return']:.1f}{interval}")
     print("returns: " + " ".join(f"{r:.1f}" for r in result["returns"]))
     print("lengths: " + " ".join(str(n) for n in result["lengths"]))

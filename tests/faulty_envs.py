@@ -10,9 +10,12 @@ import numpy as np
 class PointEnv(gym.Env):
     """Move a point towards the origin; `fault` turns step `fault_step` of the run into a bad one."""
 
-    def __init__(self, fault=None, fault_step=50, episode_length=20):
+    MOVES = np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])  # the discrete variant's actions
+
+    def __init__(self, fault=None, fault_step=50, episode_length=20, discrete=False):
         self.observation_space = gym.spaces.Box(-10.0, 10.0, (3,), np.float64)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(5) if discrete else gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.discrete = discrete
         self.fault, self.fault_step, self.episode_length = fault, fault_step, episode_length
         self.steps_taken = 0
 
@@ -26,6 +29,10 @@ class PointEnv(gym.Env):
         return np.array([*self.position, self.t / self.episode_length])
 
     def step(self, action):
+        if self.discrete:
+            if not self.action_space.contains(action):
+                raise ValueError(f"invalid action {action!r} sent to the environment")
+            action = self.MOVES[int(action)]
         if not np.isfinite(action).all():  # what a robot must never receive
             raise ValueError(f"non-finite action {action} sent to the environment")
         self.position = np.clip(self.position + 0.1 * np.asarray(action, dtype=np.float64), -5, 5)
@@ -86,3 +93,6 @@ gym.register("Point-v0", entry_point=PointEnv)
 gym.register("Unbounded-v0", entry_point=UnboundedPointEnv)
 gym.register("DictObservation-v0", entry_point=DictPointEnv)
 gym.register("ImageObservation-v0", entry_point=ImagePointEnv)
+for _name, _fault in [("Point", None), ("NanObservation", "nan_observation"), ("NanReward", "nan_reward"),
+                     ("Crash", "crash")]:  # the same, with 5 discrete moves (stream_q.py)
+    gym.register(f"Discrete{_name}-v0", entry_point=PointEnv, kwargs={"fault": _fault, "discrete": True})

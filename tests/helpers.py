@@ -41,3 +41,11 @@ def text_tags(run_dir):
     acc = EventAccumulator(str(run_dir))
     acc.Reload()
     return acc.Tags().get("tensors", [])
+
+
+DISCRETE_ACTIONS = {"stream_q"}  # scripts that act in discrete action spaces
+
+
+def env_for(algo, name):
+    """The faulty_envs environment `name` (e.g. "Point-v0") in the variant whose actions `algo` takes."""
+    return f"faulty_envs:{'Discrete' if algo in DISCRETE_ACTIONS else ''}{name}"

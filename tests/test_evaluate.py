@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, run_script, scalars, script_env
+from helpers import REPO, env_for, run_script, scalars, script_env
 from robots import open_interface as oi
 from robots.create2_emulator import Create2Emulator
 from robots_helpers import wait_for
@@ -18,6 +18,10 @@ from run_tools import SCRIPTS
 
 per_script = pytest.mark.parametrize("algo", SCRIPTS)
 POINT = ["--env", "faulty_envs:Point-v0", "--compile", "off", "--seed", "7"]
+
+
+def point(algo):
+    return ["--env", env_for(algo, "Point-v0"), "--compile", "off", "--seed", "7"]
 
 
 def evaluate(*args, cwd, timeout=300):
@@ -37,17 +41,17 @@ def training_returns(run_dir):
 
 @per_script
 def test_evaluation_during_training_changes_nothing_about_training(tmp_path, algo):
-    plain = run_script(f"{algo}.py", *POINT, "--total-timesteps", 400, "--run-name", "plain", "--save-model",
+    plain = run_script(f"{algo}.py", *point(algo), "--total-timesteps", 400, "--run-name", "plain", "--save-model",
                        cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
-    evaluated = run_script(f"{algo}.py", *POINT, "--total-timesteps", 400, "--run-name", "eval", "--save-model",
+    evaluated = run_script(f"{algo}.py", *point(algo), "--total-timesteps", 400, "--run-name", "eval", "--save-model",
                            "--eval-every", 100, "--eval-episodes", 3, "--checkpoint-every", 100, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     runs = tmp_path / "runs"
     assert training_returns(runs / "eval") == training_returns(runs / "plain")
     a = torch.load(runs / "plain" / f"{algo}.model", weights_only=False)
     b = torch.load(runs / "eval" / f"{algo}.model", weights_only=False)
-    for part in ("actor", "critic", "obs_stats"):
+    for part in [name for name in ("actor", "critic", "q_net", "obs_stats") if name in a]:
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     logs = scalars(runs / "eval")
     # Point-v0 episodes are 20 steps: the first episode end after each 100 steps is at 100, 200, 300, 400
@@ -61,7 +65,7 @@ def test_evaluation_during_training_changes_nothing_about_training(tmp_path, alg
 
 @per_script
 def test_evaluate_reads_a_run_directory_a_model_and_a_checkpoint(tmp_path, algo):
-    out = run_script(f"{algo}.py", *POINT, "--total-timesteps", 200, "--run-name", "r", "--save-model",
+    out = run_script(f"{algo}.py", *point(algo), "--total-timesteps", 200, "--run-name", "r", "--save-model",
                      "--checkpoint-every", 100, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     run = tmp_path / "runs" / "r"
@@ -73,7 +77,8 @@ def test_evaluate_reads_a_run_directory_a_model_and_a_checkpoint(tmp_path, algo)
     assert results[0]["returns"] == results[1]["returns"]  # a run directory means its model; deterministic
     np.testing.assert_allclose(results[2]["returns"], results[1]["returns"], rtol=0.02)
     stochastic = evaluate_json(checkpoint, "--episodes", 4, "--stochastic", cwd=tmp_path)
-    assert stochastic["returns"] != results[2]["returns"]
+    if algo != "stream_q":  # its stochastic policy explores with probability --epsilon-end, 0.01: maybe never here
+        assert stochastic["returns"] != results[2]["returns"]
     text = evaluate(run, "--episodes", 3, cwd=tmp_path)
     assert text.returncode == 0 and "mean return" in text.stdout and "95% CI [" in text.stdout
 

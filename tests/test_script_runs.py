@@ -11,10 +11,12 @@ import pytest
 import torch
 
 import run_tools
-from helpers import run_script, scalars, start_script, text_tags
+from helpers import env_for, run_script, scalars, start_script, text_tags
 from run_tools import SCRIPTS, RunError
 
 per_script = pytest.mark.parametrize("algo", SCRIPTS)
+TASK = {"stream_q": "CartPole-v1"}  # a task each script can run; Hopper-v4 for the continuous ones
+LOSSES = {"stream_q": ["losses/td_loss", "losses/q_values"]}
 
 
 def load_checkpoint(algo, path):
@@ -23,23 +25,25 @@ def load_checkpoint(algo, path):
 
 @per_script
 def test_a_short_run_logs_what_a_researcher_reads(tmp_path, algo):
-    out = run_script(f"{algo}.py", "--env", "Hopper-v4", "--total-timesteps", 1200, "--log-every", 400,
+    task = TASK.get(algo, "Hopper-v4")
+    out = run_script(f"{algo}.py", "--env", task, "--total-timesteps", 1200, "--log-every", 400,
                      "--compile", "off", "--seed", 3, "--run-name", "e2e", "--save-model", "--track", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert len(list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))) == 1  # WANDB_MODE=offline (helpers)
     run = tmp_path / "runs" / "e2e"
     tags = scalars(run)
-    for tag in ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "losses/actor_loss",
-                "losses/critic_loss", "charts/update_us_p50", "charts/update_us_p99", "charts/nonfinite_skips"]:
+    for tag in ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/update_us_p50",
+                "charts/update_us_p99", "charts/nonfinite_skips",
+                *LOSSES.get(algo, ["losses/actor_loss", "losses/critic_loss"])]:
         assert tag in tags, tag
     assert [step for step, _ in tags["charts/SPS"]] == [400, 800, 1200]
     assert any("hyperparameters" in t for t in text_tags(run))
     args = json.loads((run / "args.json").read_text())
-    assert args["algo"] == algo and args["env"] == "Hopper-v4" and args["seed"] == 3
+    assert args["algo"] == algo and args["env"] == task and args["seed"] == 3
     summary = json.loads((run / "summary.json").read_text())
     assert summary["finished"] and summary["global_step"] == 1200 and summary["episodes"] > 0
     model = torch.load(run / f"{algo}.model", weights_only=False)
-    assert model["actor"] and model["args"]["env"] == "Hopper-v4"
+    assert model["actor" if "actor" in model else "q_net"] and model["args"]["env"] == task
 
 
 def test_avg_logs_its_health_signals_and_uses_the_paper_values(tmp_path):
@@ -68,6 +72,13 @@ BAD_ARGUMENTS = [  # (Args fields, message); checked in-process, the command lin
 @per_script
 @pytest.mark.parametrize("fields, message", BAD_ARGUMENTS, ids=[str(f) for f, _ in BAD_ARGUMENTS])
 def test_bad_arguments_are_refused_with_a_clear_message(tmp_path, monkeypatch, algo, fields, message):
+    if algo == "stream_q":  # its counterparts of the continuous scripts' cases
+        translate = {"CartPole-v1": ("Hopper-v4", "needs a discrete action space"), "actor_lr": "lr",
+                     "critic_lr": "kappa"}
+        fields = {translate.get(k, k): v for k, v in fields.items()}
+        if fields.get("env") in translate:
+            fields["env"], message = translate[fields["env"]]
+        message = message.replace("--actor-lr", "--lr").replace("--critic-lr", "--kappa")
     module = importlib.import_module(algo)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RunError) as error:
@@ -101,10 +112,10 @@ def test_non_finite_values_stop_the_run_and_keep_the_last_good_state(tmp_path, e
 
 
 @per_script
-@pytest.mark.parametrize("env, culprit", [("faulty_envs:NanObservation-v0", "observation"),
-                                          ("faulty_envs:NanReward-v0", "reward")])
+@pytest.mark.parametrize("env, culprit", [("NanObservation-v0", "observation"), ("NanReward-v0", "reward")])
 def test_every_script_stops_on_non_finite_input(tmp_path, algo, env, culprit):
-    out = run_script(f"{algo}.py", "--env", env, "--total-timesteps", 200, "--compile", "off", "--run-name", "nan",
+    out = run_script(f"{algo}.py", "--env", env_for(algo, env), "--total-timesteps", 200, "--compile", "off",
+                     "--run-name", "nan",
                      cwd=tmp_path)
     assert out.returncode == 3 and f"non-finite {culprit} at step 50" in out.stderr, out.stderr
     checkpoint, _ = load_checkpoint(algo, tmp_path / "runs" / "nan")
@@ -113,7 +124,7 @@ def test_every_script_stops_on_non_finite_input(tmp_path, algo, env, culprit):
 
 @per_script
 def test_an_environment_crash_shows_its_traceback_and_keeps_the_run(tmp_path, algo):
-    out = run_script(f"{algo}.py", "--env", "faulty_envs:Crash-v0", "--total-timesteps", 200, "--compile", "off",
+    out = run_script(f"{algo}.py", "--env", env_for(algo, "Crash-v0"), "--total-timesteps", 200, "--compile", "off",
                      "--run-name", "crash", cwd=tmp_path)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
@@ -127,13 +138,14 @@ def test_an_environment_crash_shows_its_traceback_and_keeps_the_run(tmp_path, al
 def test_skip_mode_goes_on_from_a_good_next_state(tmp_path, algo):
     """A non-finite reward with a good S': no update, and the run goes on from S' (the env raises if a non-finite
     action ever reaches it)."""
-    out = run_script(f"{algo}.py", "--env", "faulty_envs:NanReward-v0", "--total-timesteps", 200, "--compile", "off",
+    out = run_script(f"{algo}.py", "--env", env_for(algo, "NanReward-v0"), "--total-timesteps", 200, "--compile", "off",
                      "--run-name", "skip", "--on-nonfinite", "skip", "--log-every", 100, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     logs = scalars(tmp_path / "runs" / "skip")
     assert logs["charts/nonfinite_skips"][-1] == (200, 1.0)
     assert all(np.isfinite(value) for _, value in logs["charts/episodic_return"])
-    assert logs["losses/critic_loss"][-1][0] == 200 and np.isfinite(logs["losses/critic_loss"][-1][1])
+    loss = LOSSES.get(algo, ["losses/critic_loss"])[0]
+    assert logs[loss][-1][0] == 200 and np.isfinite(logs[loss][-1][1])
 
 
 def test_skip_mode_never_sends_a_non_finite_action(tmp_path):
@@ -156,7 +168,7 @@ def episode_returns(run_dir):
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, algo):
     """Killed with SIGKILL after an episode-boundary checkpoint and resumed, a run ends with the same
     parameters and the same episode returns as the same run left alone."""
-    common = ["--env", "faulty_envs:Point-v0", "--total-timesteps", 1000, "--seed", 5, "--compile", "off",
+    common = ["--env", env_for(algo, "Point-v0"), "--total-timesteps", 1000, "--seed", 5, "--compile", "off",
               "--save-model"]
     whole = run_script(f"{algo}.py", *common, "--run-name", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
@@ -176,7 +188,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, algo):
     assert len(wandb_runs) == 2 and len({run.name.rsplit("-", 1)[1] for run in wandb_runs}) == 1  # the same run id
     a = torch.load(tmp_path / "runs" / "whole" / f"{algo}.model", weights_only=False)
     b = torch.load(tmp_path / "runs" / "cut" / f"{algo}.model", weights_only=False)
-    for network in ("actor", "critic"):
+    for network in [name for name in ("actor", "critic", "q_net", "obs_stats") if name in a]:
         assert a[network].keys() == b[network].keys()
         for name in a[network]:
             assert torch.equal(a[network][name], b[network][name]), (network, name)
@@ -186,7 +198,7 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, algo):
 @pytest.mark.parametrize("algo, signum, code", [(algo, signal.SIGINT, 130) for algo in SCRIPTS]
                          + [("avg", signal.SIGTERM, 143)])
 def test_signals_checkpoint_flush_and_exit_cleanly(tmp_path, algo, signum, code):
-    proc = start_script(f"{algo}.py", "--env", "faulty_envs:Point-v0", "--total-timesteps", 10 ** 7, "--compile", "off",
+    proc = start_script(f"{algo}.py", "--env", env_for(algo, "Point-v0"), "--total-timesteps", 10 ** 7, "--compile", "off",
                         "--run-name", "sig", "--log-every", 100, cwd=tmp_path)
     for line in proc.stdout:
         if line.startswith("global_step="):

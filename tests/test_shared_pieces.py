@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-SCRIPTS = ["avg", "iac", "sac_incremental", "td3_incremental", "stream_ac"]
+SCRIPTS = ["avg", "iac", "sac_incremental", "td3_incremental", "stream_ac", "stream_q"]
+WITH_REWARD_SCALER = ["stream_ac", "stream_q"]
 WITH_TD_SCALER = ["avg", "iac", "sac_incremental", "td3_incremental"]
 WITH_FEATURE_NORM = ["avg", "iac", "sac_incremental", "td3_incremental"]
 
@@ -87,3 +88,22 @@ def test_feature_norm(name, kind):
                 "none": h}[kind]
     out = module(name).FeatureNorm(kind)(torch.from_numpy(h)).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", WITH_REWARD_SCALER)
+def test_reward_scaler(name):
+    """R / sqrt(Var[u] + 1e-8), u the discounted return of the episode so far (restarting at 0 after each end), its
+    sample variance over every step so far; 1 until two steps."""
+    gamma = 0.9
+    scaler = module(name).RewardScaler(gamma)
+    out, expected, trace, traces = [], [], 0.0, []
+    for reward, _, ends in TD_STREAM:
+        out.append(scaler(torch.tensor(reward)).item())
+        trace = gamma * trace + reward
+        traces.append(trace)
+        var = np.var(traces, ddof=1) if len(traces) > 1 else 1.0
+        expected.append(reward / math.sqrt(var + 1e-8))
+        if ends:
+            scaler.end_episode()
+            trace = 0.0
+    np.testing.assert_allclose(out, expected, rtol=1e-5)

@@ -9,7 +9,7 @@ import torch
 
 import stream_ac
 from run_tools import load_checkpoint
-from update_tools import compile_update
+from update_tools import ObGD, compile_update
 from helpers import run_script, scalars
 
 GAMMA, LAMBDA = 0.99, 0.8
@@ -129,7 +129,7 @@ def small_network():
                                                 (0.0, 0.0, False)])
 def test_obgd_bound_shrinks_the_step_exactly_when_it_would_overshoot(l1, delta, shrinks):
     net = small_network()
-    opt = stream_ac.ObGD(net, lr=1.0, kappa=2.0, trace_decay=GAMMA * LAMBDA, adaptive=False, beta2=0.999)
+    opt = ObGD(net, lr=1.0, kappa=2.0, trace_decay=GAMMA * LAMBDA, adaptive=False, beta2=0.999)
     params = dict(net.named_parameters())
     before = {k: p.numpy().copy() for k, p in params.items()}
     raw = {k: np.random.default_rng(3).uniform(-1, 1, p.shape) for k, p in params.items()}
@@ -148,7 +148,7 @@ def test_obgd_bound_shrinks_the_step_exactly_when_it_would_overshoot(l1, delta, 
 
 def test_traces_decay_accumulate_and_reset_at_episode_end():
     net = small_network()
-    opt = stream_ac.ObGD(net, lr=1.0, kappa=2.0, trace_decay=GAMMA * LAMBDA, adaptive=False, beta2=0.999)
+    opt = ObGD(net, lr=1.0, kappa=2.0, trace_decay=GAMMA * LAMBDA, adaptive=False, beta2=0.999)
     params = dict(net.named_parameters())
     rng = np.random.default_rng(4)
     z = {k: np.zeros(p.shape) for k, p in params.items()}
@@ -171,7 +171,7 @@ def test_traces_decay_accumulate_and_reset_at_episode_end():
 def test_adaptive_obgd_normalises_the_trace_like_numpy():
     net = small_network()
     beta2, eps = 0.999, 1e-8
-    opt = stream_ac.ObGD(net, lr=0.5, kappa=3.0, trace_decay=GAMMA * LAMBDA, adaptive=True, beta2=beta2)
+    opt = ObGD(net, lr=0.5, kappa=3.0, trace_decay=GAMMA * LAMBDA, adaptive=True, beta2=beta2)
     params = dict(net.named_parameters())
     rng = np.random.default_rng(5)
     z = {k: np.zeros(p.shape) for k, p in params.items()}
@@ -195,7 +195,7 @@ def test_adaptive_obgd_normalises_the_trace_like_numpy():
 
 def test_rejected_update_changes_nothing():
     net = small_network()
-    opt = stream_ac.ObGD(net, lr=1.0, kappa=2.0, trace_decay=0.5, adaptive=True, beta2=0.999)
+    opt = ObGD(net, lr=1.0, kappa=2.0, trace_decay=0.5, adaptive=True, beta2=0.999)
     params = dict(net.named_parameters())
     before = copy.deepcopy(opt.state_dict()), {k: p.clone() for k, p in params.items()}
     grads = {k: torch.full_like(p, float("nan")) for k, p in params.items()}

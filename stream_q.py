@@ -1,0 +1,373 @@
+"""Stream Q(lambda) and Stream SARSA(lambda): streaming value-based control for discrete actions, with eligibility
+traces and overshooting-bounded gradient descent (ObGD). One update per environment step; no replay buffer, no
+target network, no batch.
+
+    python stream_q.py --env CartPole-v1
+    python stream_q.py --env MinAtar/Breakout-v1                  # MinAtar: in the project's dependencies
+    python stream_q.py --env MinAtar/Breakout-v1 --sarsa          # Stream SARSA(lambda)
+    python stream_q.py --env ALE/Breakout-v5                      # Atari: pip install -e ".[atari]"
+
+Elsayed, Vasan and Mahmood, "Streaming Deep Reinforcement Learning Finally Works" (arXiv 2410.14606); definitions
+in docs/algorithms.md 9. Per step, with S the normalised observation and A epsilon-greedy in Q(S, .):
+    R <- R / std(u), u <- gamma u + R the episode's discounted return so far                 (--reward-scale)
+    Q(lambda): delta = R + gamma (1 - terminated) max_a Q(S', a) - Q(S, A)
+    SARSA:     delta = R + gamma (1 - terminated) Q(S', A') - Q(S, A), A' the next action, drawn before the update
+    z <- gamma lambda c z + grad Q(S, A),  c = 0 if A was an exploratory pick other than the greedy action
+                                                 (Q(lambda) only; SARSA: c = 1)
+    M = alpha kappa max(|delta|, 1) ||z||_1,  theta <- theta + alpha / max(M, 1) delta z
+epsilon falls linearly from --epsilon-start to --epsilon-end over --exploration-fraction of the budget, then stays.
+Q(lambda) draws the next action from the updated network, SARSA from the network before the update (its target
+needs it). --optimizer adaptive replaces z, in the bound and the step, by z / sqrt(v_hat + eps) as in stream_ac.py.
+
+The network follows the observation: two hidden layers (Linear -> LayerNorm without affine -> LeakyReLU) for
+vectors; for MinAtar's 10x10xC planes Conv2d(C, 16, 3) -> LayerNorm over the whole feature map -> LeakyReLU ->
+Linear(1024, 128) -> LayerNorm -> LeakyReLU; for Atari's 4 stacked 84x84 frames three such convolutions (32 8x8 /5,
+64 4x4 /3, 64 3x3 /2) and Linear(256, 128). Sparse init on every weight, biases 0.
+
+Choices where docs/algorithms.md is silent, or where this script departs from the authors' code:
+- Watkins's cut (c above) uses the greediness of A, the action whose gradient enters the trace, before that gradient
+  enters it, as Sutton and Barto define Watkins's Q(lambda): the TD error of an exploratory action is not credited
+  to the pairs before it. The authors' code zeroes the trace after the update that used it, one step later.
+- Truncation (a time limit) bootstraps, as in every script here; the authors' code treats it as termination. Traces
+  and u restart at every episode end. Classic control keeps the environment's own time limit (the authors' script
+  raises it to 10,000 steps); a time feature, -0.5 + t / time limit, is appended to vector observations.
+- Sparse init keeps at least one incoming weight per unit (as stream_ac.py does).
+Run machinery (checkpoints, resume, logs, compiling): run_tools.py and update_tools.py, as for every script.
+"""
+import math
+import sys
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+import run_tools
+from update_tools import MetricSums, ObGD, grad_and_aux
+
+ALGO = "stream_q"
+
+
+@dataclass
+class Args(run_tools.RunArgs):
+    env: str = "CartPole-v1"
+    """gymnasium id with discrete actions: classic control (CartPole-v1), MinAtar (MinAtar/Breakout-v1), Atari
+    (ALE/Breakout-v5)"""
+    total_timesteps: int = 5_000_000
+    """environment steps to run (the paper's MinAtar runs: 5M)"""
+    sarsa: bool = False
+    """Stream SARSA(lambda): bootstrap from the next action taken (default: Stream Q(lambda), from the greedy one)"""
+    lr: float = 1.0
+    """step size alpha of ObGD (the paper: 1.0)"""
+    gamma: float = 0.99
+    """discount factor"""
+    trace_lambda: float = 0.8
+    """lambda of the eligibility trace"""
+    kappa: float = 2.0
+    """ObGD's overshooting bound kappa"""
+    epsilon_start: float = 1.0
+    """exploration rate at the first step"""
+    epsilon_end: float = 0.01
+    """exploration rate after --exploration-fraction of the budget"""
+    exploration_fraction: Optional[float] = None
+    """fraction of --total-timesteps over which epsilon falls; unset: 0.05 for vector observations, 0.2 for images
+    (the authors' defaults)"""
+    hidden_size: Optional[int] = None
+    """width of the hidden layers; unset: 32 for vector observations, 128 for images (the authors' defaults)"""
+    sparsity: float = 0.9
+    """fraction of each unit's incoming weights set to zero at initialisation"""
+    optimizer: Literal["obgd", "adaptive"] = "obgd"
+    """obgd, or adaptive: the trace divided by the running RMS of delta*z"""
+    beta2: float = 0.999
+    """adaptive: decay of the second-moment estimate of delta*z"""
+
+    obs_norm: bool = True
+    """normalise observations with running (Welford) mean and variance (per element, images too)"""
+    reward_scale: bool = True
+    """divide rewards by the running standard deviation of the discounted return trace"""
+    time_feature: bool = True
+    """append the time within the episode to vector observations (never to images)"""
+
+
+def resolve_defaults(args, obs_shape):
+    images = len(obs_shape) > 1
+    args.exploration_fraction = args.exploration_fraction if args.exploration_fraction is not None else (
+        0.2 if images else 0.05)
+    args.hidden_size = args.hidden_size or (128 if images else 32)
+    args.time_feature = args.time_feature and not images
+
+
+def epsilon_at(step, args):
+    """epsilon for the action of environment step `step` (1, 2, ...): linear, then constant."""
+    duration = args.exploration_fraction * args.total_timesteps
+    if duration <= 0:
+        return args.epsilon_end
+    return max(args.epsilon_start + (args.epsilon_end - args.epsilon_start) * step / duration, args.epsilon_end)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+# As in stream_ac.py: all learner state is parameters and buffers of nn.Modules (state_dict() is the checkpoint, and
+# update_tools.compile_update() passes the state to the compiled graph); scalars are float64 tensors of shape (1,).
+class RunningMeanVar(nn.Module):
+    """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
+
+    def __init__(self, shape=(1,)):
+        super().__init__()
+        self.register_buffer("count", torch.zeros(1, dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("m2", torch.zeros(shape, dtype=torch.float64))
+
+    def update(self, x):
+        self.count += 1
+        delta = x - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (x - self.mean)
+
+    def var(self):  # 1 until there are two samples
+        return torch.where(self.count > 1, self.m2 / (self.count - 1).clamp_min(1), 1.0)
+
+    def normalize(self, x):
+        """(x - mean) / sqrt(var + 1e-8), with the prior mean 0 and variance 1 until there are two samples: a
+        first observation normalised by its own mean would be exactly zero."""
+        mean = torch.where(self.count > 1, self.mean, 0.0)
+        return (x - mean) / (self.var() + 1e-8).sqrt()
+
+
+class RewardScaler(nn.Module):
+    """R / sqrt(Var[u] + 1e-8), u <- gamma u + R the discounted return of the episode so far, its sample variance
+    over all steps seen (the current one included); no mean subtraction. end_episode() restarts u at 0."""
+
+    def __init__(self, gamma):
+        super().__init__()
+        self.gamma = gamma
+        self.stats = RunningMeanVar()
+        self.register_buffer("trace", torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, reward):
+        self.trace.copy_(self.gamma * self.trace + reward.double())
+        self.stats.update(self.trace)
+        return (reward.double() / (self.stats.var() + 1e-8).sqrt()).float().reshape(())
+
+    def end_episode(self):
+        self.trace.zero_()
+
+
+# ------------------------------------------------------------------------------------------------ networks
+def sparse_init_(weight, sparsity):
+    """Uniform in +-1/sqrt(fan_in), then ceil(sparsity * fan_in) of each unit's incoming weights set to zero, at
+    most fan_in - 1 of them. A convolution's unit is an output channel; its fan-in, in_channels x kernel area."""
+    rows = weight.view(weight.shape[0], -1)
+    fan_in = rows.shape[1]
+    n_zero = min(math.ceil(round(sparsity * fan_in, 9)), fan_in - 1)  # round: 0.9 * 130 is 117.00000000000001
+    with torch.no_grad():
+        weight.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        for row in rows:
+            row[torch.randperm(fan_in)[:n_zero]] = 0
+
+
+class LayerNormAll(nn.Module):
+    """LayerNorm without learnable affine over all of one sample's features (a whole feature map for convolutions),
+    as the authors' networks normalise."""
+
+    def forward(self, x):
+        return F.layer_norm(x, x.shape)
+
+
+def block(layer):
+    return [layer, LayerNormAll(), nn.LeakyReLU()]
+
+
+class QNetwork(nn.Module):
+    """Q(S, .) for one observation: an MLP for vectors, a small conv net for MinAtar planes (channels last) or stacked
+    Atari frames (channels first); see the module docstring."""
+
+    def __init__(self, obs_shape, n_actions, hidden, sparsity):
+        super().__init__()
+        self.channels_last = len(obs_shape) == 3 and obs_shape[-1] < obs_shape[0]
+        if len(obs_shape) == 1:
+            layers = [*block(nn.Linear(obs_shape[0], hidden)), *block(nn.Linear(hidden, hidden))]
+        else:
+            channels, size = (obs_shape[-1], obs_shape[0]) if self.channels_last else (obs_shape[0], obs_shape[1])
+            convs = [nn.Conv2d(channels, 16, 3)] if size <= 16 else [
+                nn.Conv2d(channels, 32, 8, stride=5), nn.Conv2d(32, 64, 4, stride=3), nn.Conv2d(64, 64, 3, stride=2)]
+            layers = [layer for conv in convs for layer in block(conv)] + [nn.Flatten(0)]
+            flat = nn.Sequential(*layers)(torch.zeros(channels, size, size)).numel()
+            layers += block(nn.Linear(flat, hidden))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden, n_actions)
+        for layer in self.modules():
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                sparse_init_(layer.weight, sparsity)
+                nn.init.zeros_(layer.bias)
+        self.requires_grad_(False)  # updated in place by ObGD; gradients come from grad_and_aux
+
+    def forward(self, obs):
+        return self.head(self.features(obs.movedim(-1, 0) if self.channels_last else obs))
+
+
+# ------------------------------------------------------------------------------------------------- learner
+class StreamQ(nn.Module):
+    """The whole learner. forward() is one Stream Q(lambda) or SARSA(lambda) step; parameters and buffers are the
+    complete state."""
+
+    def __init__(self, obs_shape, n_actions, args, time_limit=1000):
+        super().__init__()
+        in_shape = (obs_shape[0] + 1,) if args.time_feature else tuple(obs_shape)
+        self.q_net = QNetwork(in_shape, n_actions, args.hidden_size, args.sparsity)
+        self.opt = ObGD(self.q_net, args.lr, args.kappa, args.gamma * args.trace_lambda, args.optimizer == "adaptive",
+                        args.beta2)
+        self.obs_stats = RunningMeanVar(tuple(obs_shape))
+        self.reward_scaler = RewardScaler(args.gamma)
+        self.gamma, self.sarsa, self.n_actions, self.time_limit = args.gamma, args.sarsa, n_actions, time_limit
+        self.epsilon_end = args.epsilon_end
+        self.obs_norm, self.reward_scale, self.time_feature = args.obs_norm, args.reward_scale, args.time_feature
+        self.metrics = MetricSums("losses/td_loss", "losses/q_values", "charts/epsilon", "health/step_size",
+                                  "health/trace_l1", "health/reward_std")
+
+    def observe(self, raw_obs, t):
+        """Adds the observation to the running statistics, normalises it (algorithms.md 2), appends the time feature."""
+        obs = raw_obs.float()
+        if self.obs_norm:
+            self.obs_stats.update(raw_obs.double())
+            obs = self.obs_stats.normalize(raw_obs.double()).float()
+        return torch.cat([obs, t.reshape(1).float()]) if self.time_feature else obs
+
+    def act(self, q, explore, random_action):
+        """Epsilon-greedy in q (explore: the coin came up "explore"); returns the action and whether it is greedy."""
+        greedy = q.argmax()
+        action = torch.where(explore, random_action, greedy)
+        return action, action == greedy
+
+    @torch.no_grad()
+    def evaluation_action(self, raw_obs, episode_step, generator=None):
+        """The action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation statistics
+        frozen; greedy, or epsilon-greedy with --epsilon-end when a generator is given."""
+        obs = self.obs_stats.normalize(raw_obs.double()).float() if self.obs_norm else raw_obs.float()
+        if self.time_feature:
+            obs = torch.cat([obs, torch.tensor([episode_step / self.time_limit - 0.5])])
+        q = self.q_net(obs)
+        if generator is None:
+            return q.argmax()
+        explore = torch.rand((), generator=generator) < self.epsilon_end
+        return self.act(q, explore, torch.randint(self.n_actions, (), generator=generator))[0]
+
+    def q_taken(self, params, obs, action):
+        q = torch.func.functional_call(self.q_net, params[0], (obs,)).gather(0, action.reshape(1)).squeeze(0)
+        return q, q.detach()
+
+    def forward(self, obs, action, greedy, raw_next_obs, reward, terminated, next_t, coin, random_action, epsilon):
+        """One update on (S, A, R, S') (algorithms.md 9), and the next action A'. obs is S (normalised, with its time
+        feature), greedy whether A was greedy when drawn; coin ~ U(0, 1) < epsilon means A' explores, drawn as
+        random_action. An update with a non-finite value is not applied (ok=False)."""
+        next_obs = self.observe(raw_next_obs, next_t)
+        if self.reward_scale:
+            reward = self.reward_scaler(reward)
+        reward_std = (self.reward_scaler.stats.var() + 1e-8).sqrt().float().reshape(())  # 1 when not scaling
+        params = dict(self.q_net.named_parameters())
+        (grads,), q = grad_and_aux(self.q_taken, (params,), obs, action)
+        explore = coin < epsilon
+        with torch.no_grad():
+            next_q = self.q_net(next_obs)  # before the update
+        if self.sarsa:
+            next_action, next_greedy = self.act(next_q, explore, random_action)
+            target = next_q.gather(0, next_action.reshape(1)).squeeze(0)
+        else:
+            target = next_q.max()
+        delta = reward + self.gamma * (1.0 - terminated) * target - q
+        cut = torch.ones(()) if self.sarsa else greedy.float()  # Watkins: no credit past an exploratory action
+        step = self.opt.propose(grads, delta, cut)
+        ok = torch.isfinite(delta + step["norm"])
+        self.opt.apply(params, step, delta, ok)
+        self.metrics.add(ok, {"losses/td_loss": delta.square(), "losses/q_values": q, "charts/epsilon": epsilon,
+                              "health/step_size": step["step_size"], "health/trace_l1": step["norm"],
+                              "health/reward_std": reward_std})
+        if not self.sarsa:
+            next_action, next_greedy = self.act(self.q_net(next_obs), explore, random_action)
+        return next_action, next_greedy, next_obs, ok
+
+    def end_episode(self):
+        """The trace and the return trace restart at every episode end (termination or truncation)."""
+        self.opt.end_episode()
+        self.reward_scaler.end_episode()
+
+
+def make_learner(env, args):
+    """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
+    resolve_defaults(args, env.observation_space.shape)
+    time_limit = (env.spec.max_episode_steps if env.spec is not None else None) or 1000
+    return StreamQ(env.observation_space.shape, int(env.action_space.n), args, time_limit)
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def main(args, given=frozenset()):
+    args, checkpoint = run_tools.resume_args(args, given, ALGO)
+    unit = lambda x: 0 <= x <= 1  # noqa: E731
+    run_tools.check_args(args, positive=("lr", "kappa", "hidden_size"),
+                         ranges={"gamma": unit, "trace_lambda": unit, "epsilon_start": unit, "epsilon_end": unit,
+                                 "exploration_fraction": unit, "sparsity": lambda s: 0 <= s < 1,
+                                 "beta2": lambda b: 0 <= b < 1})
+    run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
+    env = run.make_env(action_spaces=(gym.spaces.Discrete,), images=True)
+    agent = make_learner(env, args)
+    obs_shape, n_actions = env.observation_space.shape, int(env.action_space.n)
+    hyperparams = {k: getattr(args, k) for k in ("sarsa", "lr", "gamma", "trace_lambda", "kappa", "epsilon_end",
+                                                 "exploration_fraction", "hidden_size", "optimizer")}
+    run.start(agent, f"Stream {'SARSA' if args.sarsa else 'Q'}(lambda), {hyperparams}")
+    if run.resumed:
+        agent.end_episode()  # the partial episode at a mid-episode save is dropped
+    scalars = torch.zeros(5)  # reward, terminated, time feature of S', coin, epsilon: written through a numpy view
+    scalars_np, (reward_t, terminated_t, next_t, coin_t, epsilon_t) = scalars.numpy(), scalars.unbind()
+    in_shape = (obs_shape[0] + 1,) if args.time_feature else obs_shape
+    step_fn = run.compile(agent, (torch.zeros(in_shape), torch.zeros((), dtype=torch.long),
+                                  torch.ones((), dtype=torch.bool), torch.zeros(obs_shape, dtype=torch.float64),
+                                  reward_t, terminated_t, next_t, coin_t, torch.zeros((), dtype=torch.long), epsilon_t))
+
+    def reset():
+        obs = agent.observe(torch.from_numpy(np.asarray(run.reset_env(), dtype=np.float64)), torch.tensor(-0.5))
+        explore = torch.rand((), generator=run.noise_gen) < epsilon_at(run.global_step + 1, args)
+        action, greedy = agent.act(agent.q_net(obs), explore, torch.randint(n_actions, (), generator=run.noise_gen))
+        return obs, action, greedy
+
+    with run.guard():  # Ctrl-C, SIGTERM, a non-finite value, a robot fault or a crash: saved, closed, reported
+        if run.stop_signal is None:
+            obs, action, greedy = reset()
+        while run.global_step < args.total_timesteps and run.stop_signal is None:
+            raw_next_obs, reward, terminated, truncated, info = env.step(action.numpy())
+            culprit = run.count_step(reward, raw_next_obs)  # None, or which input is non-finite
+            coin = torch.rand((), generator=run.noise_gen)
+            random_action = torch.randint(n_actions, (), generator=run.noise_gen)
+            scalars_np[:] = (reward, terminated, run.episode_length / agent.time_limit - 0.5, coin,
+                             epsilon_at(run.global_step + 1, args))
+            raw_next_obs = torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64))
+            # ALGO LOGIC: one Stream Q(lambda) / SARSA(lambda) update on (S, A, R, S'), and the next action
+            if culprit is None:
+                inputs = (obs, action, greedy, raw_next_obs, reward_t, terminated_t, next_t, coin_t, random_action,
+                          epsilon_t)
+                next_action, next_greedy, next_obs, ok = run.timed(step_fn, *inputs)
+                culprit = None if ok else "loss or gradient"
+            if culprit is not None:  # the update was not applied
+                run.nonfinite(culprit)  # --on-nonfinite stop ends the run here, saving the last good state
+                bad_obs = not torch.isfinite(raw_next_obs).all()
+                if culprit == "reward" and not bad_obs:  # S' is good: go on from it, without an update
+                    next_obs = agent.observe(raw_next_obs, next_t)
+                    next_action, next_greedy = agent.act(agent.q_net(next_obs), coin < epsilon_t, random_action)
+                terminated = terminated or bad_obs  # cannot go on from a non-finite state: end the episode
+            # TRY NOT TO MODIFY: logging, episode ends, checkpoints
+            run.log_window(agent.metrics)
+            if terminated or truncated:
+                agent.end_episode()
+                run.end_episode(info, agent.evaluation_action)  # and --eval-every
+                obs, action, greedy = reset()
+            else:
+                obs, action, greedy = next_obs, next_action, next_greedy
+    return run.finish({"q_net": agent.q_net.state_dict(), "obs_stats": agent.obs_stats.state_dict()})
+
+
+if __name__ == "__main__":
+    cli_args = tyro.cli(Args)
+    with run_tools.one_line_errors(ALGO):
+        sys.exit(main(cli_args, run_tools.flags_given(sys.argv[1:], Args)))
