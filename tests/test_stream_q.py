@@ -163,7 +163,8 @@ def test_compiled_update_matches_eager_over_many_updates(obs_shape, sarsa):
 
 
 @pytest.mark.parametrize("env, flags", [("CartPole-v1", []), ("MinAtar/Breakout-v1", []),
-                                        ("MinAtar/Breakout-v1", ["--sarsa", "--optimizer", "adaptive"])])
+                                        ("MinAtar/Breakout-v1", ["--sarsa", "--optimizer", "adaptive"]),
+                                        ("ALE/Breakout-v5", [])])
 def test_end_to_end_runs_log_what_a_researcher_reads(tmp_path, env, flags):
     out = run_script("stream_q.py", "--env", env, *flags, "--total-timesteps", 600, "--log-every", 200, "--compile",
                      "off", "--run-name", "q", "--save-model", cwd=tmp_path)
@@ -175,7 +176,7 @@ def test_end_to_end_runs_log_what_a_researcher_reads(tmp_path, env, flags):
     epsilons = [value for _, value in logs["charts/epsilon"]]
     assert epsilons == sorted(epsilons, reverse=True) and epsilons[0] < 1.0
     saved = json.loads((tmp_path / "runs" / "q" / "args.json").read_text())
-    images = env.startswith("MinAtar")
+    images = not env.startswith("CartPole")
     assert saved["hidden_size"] == (128 if images else 32) and saved["exploration_fraction"] == (0.2 if images else 0.05)
     assert saved["time_feature"] == (not images)
 
