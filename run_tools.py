@@ -172,6 +172,16 @@ def save_atomic(obj, path):
         os.close(dir_fd)
 
 
+def load_file(path, what=""):
+    """torch.load of a file this project wrote (it holds Python objects: arguments, spaces), or a one-line error."""
+    if not path.is_file():
+        raise RunError(f"{what}{path} does not exist")
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as e:
+        raise RunError(f"{what}{path} is unreadable or corrupt ({type(e).__name__})") from None
+
+
 def load_checkpoint(path, algo):
     """The newest checkpoint in a run directory (or the file `path`), checked to be a complete `algo` checkpoint."""
     path = Path(path)
@@ -181,12 +191,7 @@ def load_checkpoint(path, algo):
         if not candidates:
             raise RunError(f"no checkpoint found in {path}")
         path = candidates[-1]
-    if not path.is_file():
-        raise RunError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, weights_only=False)
-    except Exception as e:
-        raise RunError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__})") from None
+    checkpoint = load_file(path, "checkpoint ")
     if not isinstance(checkpoint, dict) or "algo" not in checkpoint:
         raise RunError(f"{path} is not a checkpoint of this project")
     if checkpoint["algo"] != algo:
@@ -230,12 +235,7 @@ def load_policy_source(path, algo=None):
         else:
             saved = read_json(path / "args.json")
             path = load_checkpoint(path, algo or (saved or {}).get("algo", "?"))[1]
-    if not path.is_file():
-        raise RunError(f"{path} does not exist")
-    try:
-        saved = torch.load(path, weights_only=False)
-    except Exception as e:
-        raise RunError(f"{path} is unreadable or corrupt ({type(e).__name__})") from None
+    saved = load_file(path)
     is_model = isinstance(saved, dict) and saved.get("format") == MODEL_FORMAT
     if not is_model and not (isinstance(saved, dict) and CHECKPOINT_KEYS <= set(saved)):
         raise RunError(f"{path} is not a model, checkpoint or run directory of this project")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from run_tools import EXIT_CODES, SCRIPTS  # noqa: E402 (the one list of scripts and table of exit statuses)
+from run_tools import EXIT_CODES, SCRIPTS, read_json  # noqa: E402 (the one list of scripts, table of exit statuses)
 
 RUNS = Path("runs")  # the algorithm scripts write to ./runs, so everything here is relative to the working directory
 DISCARDED = RUNS / ".discarded"  # hidden: plot.py skips it, and a restarted run's old events must not count twice
@@ -137,13 +137,6 @@ def make_jobs(variants, envs, seeds, total_timesteps):
 
 
 # ----------------------------------------------------------------------------------------- run states
-def read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def is_finished(run_dir):
     summary = read_json(Path(run_dir) / "summary.json")
     return isinstance(summary, dict) and summary.get("finished") is True
