@@ -35,6 +35,7 @@ import sys
 from dataclasses import dataclass
 from typing import Literal
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
@@ -130,40 +131,75 @@ class RewardScaler(nn.Module):
 # ------------------------------------------------------------------------------------------------ networks
 def sparse_init_(weight, sparsity):
     """Uniform in +-1/sqrt(fan_in), then ceil(sparsity * fan_in) of each unit's incoming weights set to zero, at
-    most fan_in - 1 of them (module docstring)."""
-    fan_out, fan_in = weight.shape
+    most fan_in - 1 of them (module docstring). A convolution's unit is an output channel."""
+    rows = weight.view(weight.shape[0], -1)
+    fan_in = rows.shape[1]
     n_zero = min(math.ceil(round(sparsity * fan_in, 9)), fan_in - 1)  # round: 0.9 * 130 is 117.00000000000001
     with torch.no_grad():
         weight.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
-        for row in weight:
+        for row in rows:
             row[torch.randperm(fan_in)[:n_zero]] = 0
 
 
-def trunk(n_in, hidden):
-    """Two hidden layers, each Linear -> LayerNorm without learnable affine -> LeakyReLU."""
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.LayerNorm(hidden, elementwise_affine=False), nn.LeakyReLU(),
-                         nn.Linear(hidden, hidden), nn.LayerNorm(hidden, elementwise_affine=False), nn.LeakyReLU())
+class LayerNormAll(nn.Module):
+    """LayerNorm without learnable affine over all of one sample's features (a whole feature map)."""
+
+    def forward(self, x):
+        return F.layer_norm(x, x.shape)
+
+
+def trunk(obs_shape, hidden):
+    """Vectors: two hidden layers, each Linear -> LayerNorm without learnable affine -> LeakyReLU. Images (the
+    discrete variant on MinAtar's 10x10xC planes, channels last, or Atari's stacked frames): stream_q.py's
+    convolutions, then one such hidden layer."""
+    if len(obs_shape) == 1:
+        return nn.Sequential(nn.Linear(obs_shape[0], hidden), nn.LayerNorm(hidden, elementwise_affine=False),
+                             nn.LeakyReLU(), nn.Linear(hidden, hidden), nn.LayerNorm(hidden, elementwise_affine=False),
+                             nn.LeakyReLU())
+    channels_last = obs_shape[-1] < obs_shape[0]
+    channels, size = (obs_shape[-1], obs_shape[0]) if channels_last else (obs_shape[0], obs_shape[1])
+    convs = [nn.Conv2d(channels, 16, 3)] if size <= 16 else [
+        nn.Conv2d(channels, 32, 8, stride=5), nn.Conv2d(32, 64, 4, stride=3), nn.Conv2d(64, 64, 3, stride=2)]
+    layers = [layer for conv in convs for layer in (conv, LayerNormAll(), nn.LeakyReLU())] + [nn.Flatten(0)]
+    flat = nn.Sequential(*layers)(torch.zeros(channels, size, size)).numel()
+    layers = [Planes(channels_last), *layers, nn.Linear(flat, hidden), LayerNormAll(), nn.LeakyReLU()]
+    return nn.Sequential(*layers)
+
+
+class Planes(nn.Module):
+    def __init__(self, channels_last):
+        super().__init__()
+        self.channels_last = channels_last
+
+    def forward(self, obs):
+        return obs.movedim(-1, 0) if self.channels_last else obs
 
 
 def init_(module, sparsity):
     for layer in module.modules():
-        if isinstance(layer, nn.Linear):
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
             sparse_init_(layer.weight, sparsity)
             nn.init.zeros_(layer.bias)
     module.requires_grad_(False)  # updated in place by ObGD; gradients come from grad_and_aux
 
 
 class Actor(nn.Module):
-    """Gaussian policy N(mu(S), std(S)^2), std = softplus of a linear head; no squashing."""
+    """Gaussian policy N(mu(S), std(S)^2), std = softplus of a linear head, no squashing; or, for discrete actions
+    (n_actions), a categorical policy softmax(logits(S))."""
 
-    def __init__(self, obs_dim, act_dim, hidden, sparsity):
+    def __init__(self, obs_shape, act_dim, hidden, sparsity, n_actions=None):
         super().__init__()
-        self.trunk = trunk(obs_dim, hidden)
-        self.mu, self.std = nn.Linear(hidden, act_dim), nn.Linear(hidden, act_dim)
+        self.trunk = trunk(obs_shape, hidden)
+        if n_actions:
+            self.logits = nn.Linear(hidden, n_actions)
+        else:
+            self.mu, self.std = nn.Linear(hidden, act_dim), nn.Linear(hidden, act_dim)
         init_(self, sparsity)
 
     def forward(self, obs):
         features = self.trunk(obs)
+        if hasattr(self, "logits"):
+            return self.logits(features).log_softmax(-1), None
         return self.mu(features), F.softplus(self.std(features))
 
 
@@ -178,9 +214,9 @@ def entropy(std):
 class Critic(nn.Module):
     """State value V(S)."""
 
-    def __init__(self, obs_dim, hidden, sparsity):
+    def __init__(self, obs_shape, hidden, sparsity):
         super().__init__()
-        self.trunk = trunk(obs_dim, hidden)
+        self.trunk = trunk(obs_shape, hidden)
         self.v = nn.Linear(hidden, 1)
         init_(self, sparsity)
 
@@ -192,21 +228,26 @@ class Critic(nn.Module):
 class StreamAC(nn.Module):
     """The whole learner. forward() is one Stream AC(lambda) step; parameters and buffers are the complete state."""
 
-    def __init__(self, obs_dim, act_low, act_high, args, time_limit=1000):
+    def __init__(self, obs_shape, act_low, act_high, args, time_limit=1000, n_actions=None):
+        """Continuous actions in [act_low, act_high], or n_actions discrete ones (act_low, act_high unused)."""
         super().__init__()
-        act_dim, in_dim = len(act_low), obs_dim + args.time_feature
-        self.actor = Actor(in_dim, act_dim, args.hidden_size, args.sparsity)
-        self.critic = Critic(in_dim, args.hidden_size, args.sparsity)
+        obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
+        self.time_feature = args.time_feature and len(obs_shape) == 1  # not for images
+        in_shape = (obs_shape[0] + 1,) if self.time_feature else obs_shape
+        self.discrete, act_dim = n_actions is not None, n_actions or len(act_low)
+        self.actor = Actor(in_shape, act_dim, args.hidden_size, args.sparsity, n_actions)
+        self.critic = Critic(in_shape, args.hidden_size, args.sparsity)
         adaptive, decay = args.optimizer == "adaptive", args.gamma * args.trace_lambda
         self.actor_opt = ObGD(self.actor, args.actor_lr, args.kappa_policy, decay, adaptive, args.beta2)
         self.critic_opt = ObGD(self.critic, args.critic_lr, args.kappa_value, decay, adaptive, args.beta2)
-        self.obs_stats = RunningMeanVar((obs_dim,))
+        self.obs_stats = RunningMeanVar(obs_shape)
         self.reward_scaler = RewardScaler(args.gamma)
         self.eta, self.gamma = args.entropy_coef, args.gamma
-        self.obs_norm, self.reward_scale, self.time_feature = args.obs_norm, args.reward_scale, args.time_feature
+        self.obs_norm, self.reward_scale = args.obs_norm, args.reward_scale
         self.time_limit = time_limit  # of the time feature, -0.5 + t / time_limit
-        self.register_buffer("action_low", torch.as_tensor(act_low, dtype=torch.float32))
-        self.register_buffer("action_high", torch.as_tensor(act_high, dtype=torch.float32))
+        if not self.discrete:
+            self.register_buffer("action_low", torch.as_tensor(act_low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.as_tensor(act_high, dtype=torch.float32))
         self.metrics = MetricSums("losses/critic_loss", "losses/actor_loss", "health/entropy", "health/abs_v",
                                   "health/actor_step_size", "health/critic_step_size", "health/actor_trace_l1",
                                   "health/critic_trace_l1", "health/reward_std")
@@ -220,10 +261,20 @@ class StreamAC(nn.Module):
         return torch.cat([obs, t.reshape(1).float()]) if self.time_feature else obs
 
     def act(self, obs, noise):
-        """The action for the environment (clipped to its bounds) and the unclipped sample A."""
+        """The action for the environment (clipped to its bounds) and the unclipped sample A; discrete: the action
+        drawn by inverse CDF with noise ~ U(0, 1), twice."""
         mu, std = self.actor(obs)
+        if self.discrete:
+            sample = (mu.exp().cumsum(-1) < noise).sum(-1).clamp_max(mu.shape[-1] - 1)
+            return sample, sample
         sample = mu + std * noise
         return torch.clamp(sample, self.action_low, self.action_high), sample
+
+    def log_prob_and_entropy(self, policy, sample):
+        mu, std = policy
+        if self.discrete:  # mu holds log-probabilities
+            return mu.gather(-1, sample.reshape(1)).squeeze(-1), -(mu.exp() * mu).sum(-1)
+        return log_prob(mu, std, sample), entropy(std)
 
     @torch.no_grad()
     def evaluation_action(self, raw_obs, episode_step, generator=None):
@@ -232,6 +283,10 @@ class StreamAC(nn.Module):
         obs = self.obs_stats.normalize(raw_obs.double()).float() if self.obs_norm else raw_obs.float()
         if self.time_feature:
             obs = torch.cat([obs, torch.tensor([episode_step / self.time_limit - 0.5])])
+        if self.discrete:  # the most probable action, or a sample
+            if generator is None:
+                return self.actor(obs)[0].argmax()
+            return self.act(obs, torch.rand((), generator=generator))[0]
         noise = torch.zeros(self.action_low.shape) if generator is None else torch.randn(self.action_low.shape,
                                                                                           generator=generator)
         return self.act(obs, noise)[0]
@@ -242,8 +297,7 @@ class StreamAC(nn.Module):
         with torch.no_grad():
             next_v = self.critic(next_obs)
         delta = (reward + discount * next_v - v).detach()
-        mu, std = torch.func.functional_call(self.actor, actor_params, (obs,))
-        log_pi, ent = log_prob(mu, std, sample), entropy(std)
+        log_pi, ent = self.log_prob_and_entropy(torch.func.functional_call(self.actor, actor_params, (obs,)), sample)
         # The two networks share no parameter, so one backward pass of the sum gives each its own gradient:
         # grad V(S) for the critic, grad [log pi + eta sign(delta) H] for the actor.
         actor_loss = -(delta * log_pi + self.eta * delta.abs() * ent)
@@ -288,8 +342,11 @@ class StreamAC(nn.Module):
 def make_learner(env, args):
     """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
     time_limit = (env.spec.max_episode_steps if env.spec is not None else None) or 1000
-    return StreamAC(env.observation_space.shape[0], env.action_space.low.astype(np.float64),
-                    env.action_space.high.astype(np.float64), args, time_limit)
+    space = env.action_space
+    if isinstance(space, gym.spaces.Discrete):
+        return StreamAC(env.observation_space.shape, None, None, args, time_limit, int(space.n))
+    return StreamAC(env.observation_space.shape, space.low.astype(np.float64), space.high.astype(np.float64), args,
+                    time_limit)
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -300,9 +357,15 @@ def main(args, given=frozenset()):
                                  "entropy_coef": lambda e: e >= 0, "sparsity": lambda s: 0 <= s < 1,
                                  "beta2": lambda b: 0 <= b < 1})
     run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
-    env = run.make_env(finite_action_bounds=False)  # actions are clipped, not squashed
-    obs_dim, act_dim = run.shapes()
+    env = run.make_env(action_spaces=(gym.spaces.Box, gym.spaces.Discrete), finite_action_bounds=False,
+                       images=True)  # continuous actions are clipped, not squashed
     agent = make_learner(env, args)
+    obs_shape, act_dim = env.observation_space.shape, run.shapes()[1]
+    in_shape = (obs_shape[0] + 1,) if agent.time_feature else obs_shape
+
+    def draw_noise():  # U(0, 1) for a categorical draw, N(0, I) for a Gaussian one
+        return torch.rand((), generator=run.noise_gen) if agent.discrete else torch.randn(act_dim,
+                                                                                         generator=run.noise_gen)
     hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "gamma", "trace_lambda", "kappa_policy",
                                                  "kappa_value", "entropy_coef", "optimizer")}
     run.start(agent, str(hyperparams))  # a resumed run's state restored; TensorBoard, wandb
@@ -310,13 +373,15 @@ def main(args, given=frozenset()):
         agent.end_episode()  # the partial episode at a mid-episode save is dropped
     scalars = torch.zeros(3)  # reward, terminated and the time feature of S', written through a numpy view
     scalars_np, reward_t, terminated_t, next_t = scalars.numpy(), scalars[0], scalars[1], scalars[2]
-    step_fn = run.compile(agent, (torch.zeros(obs_dim + args.time_feature), torch.zeros(act_dim),
-                                  torch.zeros(obs_dim, dtype=torch.float64), reward_t, terminated_t, next_t,
-                                  torch.zeros(act_dim)))
+    sample_shape = () if agent.discrete else (act_dim,)
+    step_fn = run.compile(agent, (torch.zeros(in_shape), torch.zeros(sample_shape, dtype=torch.long if agent.discrete
+                                                                       else torch.float32),
+                                  torch.zeros(obs_shape, dtype=torch.float64), reward_t, terminated_t, next_t,
+                                  torch.zeros(sample_shape)))
 
     def reset():
         obs = agent.observe(torch.from_numpy(np.asarray(run.reset_env(), dtype=np.float64)), torch.tensor(-0.5))
-        action, sample = agent.act(obs, torch.randn(act_dim, generator=run.noise_gen))
+        action, sample = agent.act(obs, draw_noise())
         return obs, action, sample
 
     with run.guard():  # Ctrl-C, SIGTERM, a non-finite value, a robot fault or a crash: saved, closed, reported
@@ -326,7 +391,7 @@ def main(args, given=frozenset()):
             raw_next_obs, reward, terminated, truncated, info = env.step(action.numpy())
             culprit = run.count_step(reward, raw_next_obs)  # None, or which input is non-finite
             scalars_np[:] = reward, terminated, run.episode_length / agent.time_limit - 0.5
-            noise = torch.randn(act_dim, generator=run.noise_gen)
+            noise = draw_noise()
             raw_next_obs = torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64))
             # ALGO LOGIC: one Stream AC(lambda) update on (S, A, R, S'), and the next action from the updated actor
             if culprit is None:
@@ -340,7 +405,7 @@ def main(args, given=frozenset()):
                     next_obs = agent.observe(raw_next_obs, next_t)
                     next_action, next_sample = agent.act(next_obs, noise)
                 # cannot go on from a non-finite state, nor send a non-finite action: end the episode
-                terminated = terminated or bad_obs or not torch.isfinite(next_action).all().item()
+                terminated = terminated or bad_obs or not torch.isfinite(next_action.float()).all().item()
             # TRY NOT TO MODIFY: logging, episode ends, checkpoints
             run.log_window(agent.metrics)
             if terminated or truncated:

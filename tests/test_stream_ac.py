@@ -84,7 +84,7 @@ def test_networks_are_sparse_with_zero_biases_and_layer_norm_without_affine():
 
 def test_forward_passes_match_numpy():
     torch.manual_seed(1)
-    actor, critic = stream_ac.Actor(6, 3, 16, 0.9), stream_ac.Critic(6, 16, 0.9)
+    actor, critic = stream_ac.Actor((6,), 3, 16, 0.9), stream_ac.Critic((6,), 16, 0.9)
     for net in (actor, critic):  # non-zero biases, so that the test sees them
         for p in net.parameters():
             p.add_(0.3 * torch.randn(p.shape))
@@ -317,3 +317,56 @@ def test_skip_mode_goes_on_without_sending_a_non_finite_action(tmp_path, env, sk
     assert logs["charts/nonfinite_skips"][-1] == (70, float(skips))
     assert [value for _, value in logs["charts/episodic_length"]] == lengths
     assert np.isfinite(logs["losses/critic_loss"][-1][1])
+
+
+# ---------------------------------------------------------------------------------------- discrete actions
+def make_discrete(obs_shape=(4,), n_actions=3, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return stream_ac.StreamAC(obs_shape, None, None, stream_ac.Args(**{"hidden_size": 16, **overrides}),
+                              n_actions=n_actions)
+
+
+def test_the_categorical_policy_against_torch_distributions():
+    learner = make_discrete(time_feature=False)
+    obs = torch.randn(4)
+    log_probs, _ = learner.actor(obs)
+    dist = torch.distributions.Categorical(logits=log_probs)
+    for action in range(3):
+        log_pi, ent = learner.log_prob_and_entropy((log_probs, None), torch.tensor(action))
+        torch.testing.assert_close(log_pi, dist.log_prob(torch.tensor(action)))
+        torch.testing.assert_close(ent, dist.entropy())
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([learner.act(obs, torch.rand((), generator=g))[0] for _ in range(20000)])
+    frequencies = torch.bincount(draws, minlength=3) / 20000.0
+    torch.testing.assert_close(frequencies, dist.probs, atol=0.015, rtol=0)  # inverse CDF draws follow the policy
+
+
+def test_discrete_compiled_update_matches_eager_on_minatar_planes():
+    eager, compiled = make_discrete((10, 10, 4), seed=4), make_discrete((10, 10, 4), seed=4)
+    g = torch.Generator().manual_seed(5)
+    stream = [((torch.rand(10, 10, 4, generator=g) < 0.2).double(), torch.randn((), generator=g),
+               torch.tensor(float(i % 29 == 28)), torch.rand((), generator=g)) for i in range(150)]
+    step = compile_update(compiled, (torch.zeros(10, 10, 4), torch.tensor(0), stream[0][0], stream[0][1],
+                                     stream[0][2], torch.tensor(0.0), stream[0][3]))
+    actions = []
+    for learner, fn in ((eager, eager), (compiled, step)):
+        obs, sample, taken = torch.zeros(10, 10, 4), torch.tensor(0), []
+        for raw, reward, terminated, noise in stream:
+            action, sample, obs, ok = fn(obs, sample, raw, reward, terminated, torch.tensor(0.0), noise)
+            taken.append(int(action))
+            if terminated:
+                learner.end_episode()
+        actions.append(taken)
+    assert actions[0] == actions[1]
+    for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("env", ["CartPole-v1", "MinAtar/Breakout-v1"])
+def test_discrete_stream_ac_runs_end_to_end(tmp_path, env):
+    out = run_script("stream_ac.py", "--env", env, "--total-timesteps", 600, "--log-every", 200, "--compile", "off",
+                     "--run-name", "d", "--save-model", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    logs = scalars(tmp_path / "runs" / "d")
+    assert [step for step, _ in logs["losses/actor_loss"]] == [200, 400, 600]
+    assert all(0 < value <= np.log(6) + 1e-6 for _, value in logs["health/entropy"])  # a categorical's entropy
