@@ -221,3 +221,12 @@ def test_every_exit_status_a_script_can_end_with_is_explained(tmp_path):
     for code, meaning in run_tools.EXIT_CODES.items():
         assert sweep.explain_exit(code, tmp_path / "no-log").startswith(f"exit {code}, {meaning.split(' (')[0]}")
     assert sweep.explain_exit(-9, tmp_path / "no-log") == "exit -9, killed by SIGKILL (out of memory?)"
+
+
+def test_the_stream_x_recipe_has_its_own_defaults(tmp_path):
+    code, out = run([sys.executable, str(EXPERIMENTS / "stream_x_discrete.py"), "--small", "--dry-run"], tmp_path)
+    assert code == 0, out
+    assert "3 variants x 1 env(s) x 3 seed(s) = 9 runs of 100,000 steps" in out
+    assert "stream_q.py --env CartPole-v1 --seed 1 --exp-name stream_sarsa" in out and "--sarsa" in out
+    code, out = run([sys.executable, str(EXPERIMENTS / "stream_x_discrete.py"), "--dry-run"], tmp_path)
+    assert "x 5 env(s) x 30 seed(s) = 450 runs of 5,000,000 steps" in out and "MinAtar/Seaquest-v1" in out

@@ -31,8 +31,10 @@ def size_text(n):
         f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def main(name, title, variants, add_args=None, argv=None):
-    """variants: a list of (exp_name, algo, extra args), or a function of the parsed arguments returning one."""
+def main(name, title, variants, add_args=None, argv=None, paper=PAPER, small=SMALL):
+    """variants: a list of (exp_name, algo, extra args), or a function of the parsed arguments returning one.
+    paper, small: the defaults without and with --small (budget, num_seeds, envs)."""
+    PAPER, SMALL = paper, small  # noqa: N806 (the module defaults, or the recipe's own)
     parser = sweep.ArgumentParser(description=title, allow_abbrev=False,
                                   epilog="Arguments after -- (or not known here) go to every run's script.")
     parser.add_argument("--budget", type=sweep.parse_steps, help=f"steps per run (paper: {PAPER['budget']:,})")
