@@ -289,11 +289,10 @@ class AVG(nn.Module):
         return next_action, next_log_prob, next_obs, ok
 
 
-
 def make_learner(env, args):
     """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
     return AVG(env.observation_space.shape[0], env.action_space.low.astype(np.float64),
-                  env.action_space.high.astype(np.float64), args)
+               env.action_space.high.astype(np.float64), args)
 
 
 # ---------------------------------------------------------------------------------------------------- run

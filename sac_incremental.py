@@ -283,7 +283,7 @@ class SAC(nn.Module):
 def make_learner(env, args):
     """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
     return SAC(env.observation_space.shape[0], env.action_space.low.astype(np.float64),
-                  env.action_space.high.astype(np.float64), args)
+               env.action_space.high.astype(np.float64), args)
 
 
 # ---------------------------------------------------------------------------------------------------- run

@@ -278,7 +278,7 @@ class TD3(nn.Module):
 def make_learner(env, args):
     """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
     return TD3(env.observation_space.shape[0], env.action_space.low.astype(np.float64),
-                  env.action_space.high.astype(np.float64), args)
+               env.action_space.high.astype(np.float64), args)
 
 
 # ---------------------------------------------------------------------------------------------------- run
