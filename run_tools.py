@@ -267,17 +267,22 @@ def space_shapes(env):
 
 
 def check_spaces(env, source, path):
-    """Refuses, in one line, an environment whose spaces differ from those the saved policy was trained on."""
+    """Refuses, in one line, an environment whose spaces differ from those the saved policy was trained on (a model
+    keeps the spaces; a checkpoint only their sizes)."""
     obs_dim, act_dim = space_shapes(env)
-    same = (obs_dim, act_dim) == (source["obs_dim"], source["act_dim"])
-    if same and source["spaces"] is not None and isinstance(env.action_space, gym.spaces.Box):
-        saved_action = source["spaces"][1]
-        same = np.allclose(saved_action.low, env.action_space.low) and np.allclose(saved_action.high,
-                                                                                     env.action_space.high)
+    if source["spaces"] is not None:
+        saved_obs, saved_action = source["spaces"][0].shape, source["spaces"][1]
+        same = env.observation_space.shape == saved_obs and (obs_dim, act_dim) == (source["obs_dim"], source["act_dim"])
+        if same and isinstance(env.action_space, gym.spaces.Box):
+            same = (np.allclose(saved_action.low, env.action_space.low)
+                    and np.allclose(saved_action.high, env.action_space.high))
+    else:
+        saved_obs, saved_action = (source["obs_dim"],), f"of size {source['act_dim']}"
+        same = (obs_dim, act_dim) == (source["obs_dim"], source["act_dim"])
     if not same:
-        saved = source["spaces"][1] if source["spaces"] else f"{source['act_dim']} actions"
-        raise RunError(f"{path} was trained with observations of size {source['obs_dim']} and actions {saved}; "
-                       f"{env.spec.id if env.spec else 'this environment'} has {obs_dim} and {env.action_space}")
+        raise RunError(f"{path} was trained with observations of shape {saved_obs} and actions {saved_action}; "
+                       f"{env.spec.id if env.spec else 'this environment'} has {env.observation_space.shape} and "
+                       f"{env.action_space}")
 
 
 def load_policy(learner, source):

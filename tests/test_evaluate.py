@@ -92,7 +92,7 @@ def test_evaluate_refuses_bad_input_in_one_line(tmp_path):
     cases = [(["missing.model"], "missing.model does not exist"),
              (["junk.model"], "is unreadable or corrupt"),
              (["foreign.pt"], "is not a model, checkpoint or run directory of this project"),
-             ([model, "--env", "Pendulum-v1"], "was trained with observations of size 3 and actions Box(-1.0, 1.0, (2,)"),
+             ([model, "--env", "Pendulum-v1"], "was trained with observations of shape (3,) and actions Box(-1.0, 1.0, (2,)"),
              ([model, "--env", "NoSuchEnv-v0"], "cannot make environment 'NoSuchEnv-v0'"),
              ([model, "--episodes", "0"], "--episodes must be positive")]
     for args, message in cases:
@@ -108,7 +108,7 @@ def test_init_from_refuses_another_scripts_file_or_shapes(tmp_path):
     model = tmp_path / "runs" / "r" / "avg.model"
     point = ["--env", "faulty_envs:Point-v0"]
     for script, flags, message in [("iac.py", point, "was saved by avg.py, not iac.py"),
-                                   ("avg.py", ["--env", "Pendulum-v1"], "was trained with observations of size 3"),
+                                   ("avg.py", ["--env", "Pendulum-v1"], "was trained with observations of shape (3,)"),
                                    ("avg.py", [*point, "--hidden-size", "32"], "does not fit this run's")]:
         out = run_script(script, *flags, "--init-from", model, "--total-timesteps", 40, "--compile", "off",
                          cwd=tmp_path)
