@@ -22,6 +22,7 @@ state_dict() is the complete learner state; that is all the machinery knows of i
 """
 import dataclasses
 import json
+import math
 import os
 import platform
 import random
@@ -590,13 +591,14 @@ class Run:
         observation, else None. A non-finite reward stays out of the episode's return."""
         self.global_step += 1
         self.episode_length += 1
-        with np.errstate(over="ignore"):
-            reward_ok = np.isfinite(np.float32(reward))
-        if reward_ok:
-            self.episode_return += float(reward)
-        if not reward_ok:
-            return "reward"
-        return None if np.isfinite(next_obs).all() else "observation"
+        reward = float(reward)
+        if not (math.isfinite(reward) and abs(reward) < 3.4e38):  # float32's largest is 3.40282e38
+            with np.errstate(over="ignore"):
+                if not np.isfinite(np.float32(reward)):
+                    return "reward"
+        self.episode_return += reward
+        next_obs = np.asarray(next_obs)  # integer and boolean observations (MinAtar's) are always finite
+        return None if next_obs.dtype.kind not in "fc" or np.isfinite(next_obs).all() else "observation"
 
     def timed(self, step_fn, *inputs):
         """step_fn(*inputs), its latency recorded for this log window's percentiles."""

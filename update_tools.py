@@ -24,33 +24,77 @@ def _small(*sizes):
     return min(sizes) <= 4
 
 
+# A large matrix multiplied along its contiguous axis (a big layer's forward pass: x @ W.T) goes to the BLAS library
+# even for one sample: Inductor's loop for it transposes the matrix tile by tile and is slower than MKL.
+LARGE_MATRIX = 100_000
+
+
+def _large_along_rows(matrix, dim):
+    return matrix.numel() > LARGE_MATRIX and matrix.stride(dim) == 1
+# Up to this many multiply-adds a convolution of one sample is written as multiply-and-sum over its patches and fuses
+# into the update (MinAtar's 3x3 conv: 37k); bigger ones (Atari's) keep the library's convolution.
+SMALL_CONV_MACS = 131_072
+
+
 def _mm(a, b):
-    if not _small(a.shape[0], a.shape[1], b.shape[1]):
+    if not _small(a.shape[0], a.shape[1], b.shape[1]) or _large_along_rows(b, 0) or _large_along_rows(a, 1):
         return NotImplemented
     return (a.unsqueeze(-1) * b.unsqueeze(0)).sum(1)
 
 
 def _addmm(bias, a, b, beta=1, alpha=1):
-    if not _small(a.shape[0], a.shape[1], b.shape[1]) or beta != 1 or alpha != 1:
+    if beta != 1 or alpha != 1 or _mm(a, b) is NotImplemented:
         return NotImplemented
     return bias + (a.unsqueeze(-1) * b.unsqueeze(0)).sum(1)
 
 
 def _mv(matrix, vector):
+    if _large_along_rows(matrix, 1):
+        return NotImplemented
     return (matrix * vector).sum(-1)
 
 
 def _addmv(bias, matrix, vector, beta=1, alpha=1):
-    if beta != 1 or alpha != 1:
+    if beta != 1 or alpha != 1 or _large_along_rows(matrix, 1):
         return NotImplemented
     return bias + (matrix * vector).sum(-1)
 
 
+def _conv_patches(x, weight, stride, padding, dilation, transposed, groups):
+    """x's patches (N, C, H', W', kh, kw) for a plain 2-D convolution of one sample small enough to fuse; else None."""
+    if (transposed or groups != 1 or x.dim() != 4 or x.shape[0] != 1 or any(d != 1 for d in dilation)
+            or weight.numel() * x.shape[2] * x.shape[3] // (stride[0] * stride[1]) > SMALL_CONV_MACS):
+        return None
+    if any(padding):
+        x = torch.nn.functional.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    return x.unfold(2, weight.shape[2], stride[0]).unfold(3, weight.shape[3], stride[1])
+
+
+def _convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    patches = _conv_patches(x, weight, stride, padding, dilation, transposed, groups)
+    if patches is None:
+        return NotImplemented
+    out = (patches.unsqueeze(1) * weight[None, :, :, None, None]).sum((2, 5, 6))
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+def _convolution_backward(grad_out, x, weight, bias_sizes, stride, padding, dilation, transposed, output_padding,
+                          groups, output_mask):
+    patches = _conv_patches(x, weight, stride, padding, dilation, transposed, groups)
+    if patches is None or output_mask[0]:  # the input's gradient (a conv after a conv) stays with the library
+        return NotImplemented
+    grad_weight = (grad_out[:, :, None, :, :, None, None] * patches.unsqueeze(1)).sum((0, 3, 4)) \
+        if output_mask[1] else None
+    return None, grad_weight, grad_out.sum((0, 2, 3)) if output_mask[2] else None
+
+
 # For one sample (or a batch of at most 4) a matrix product is written as multiply-and-sum while tracing: Inductor
 # then fuses the whole update, weight gradients and the optimiser step included, into one C++ kernel, where calling
-# MKL for each tiny product costs more than the arithmetic. Larger batches keep the matrix multiply. Same math.
+# MKL for each tiny product costs more than the arithmetic. Larger batches and large matrices keep the library's
+# matrix multiply; small convolutions of one sample (and their weight gradients) are written out likewise. Same math.
 SMALL_MATMULS_AS_SUMS = {aten.mm.default: _mm, aten.addmm.default: _addmm, aten.mv.default: _mv,
-                         aten.addmv.default: _addmv}
+                         aten.addmv.default: _addmv, aten.convolution.default: _convolution,
+                         aten.convolution_backward.default: _convolution_backward}
 
 
 def compile_update(learner, example_inputs):

@@ -278,3 +278,17 @@ def test_an_unwritable_run_directory_is_one_line(tmp_path):
     (tmp_path / "runs").write_text("a file where the log directory should be")
     with pytest.raises(RunError, match="cannot write the run directory runs/x"):
         run_tools.Run("tiny", Args(run_name="x"))
+
+
+@pytest.mark.parametrize("reward, obs, culprit", [
+    (1.0, np.zeros(3), None), (3.4028e38, np.zeros(3), None),   # float32's largest is still finite
+    (1e39, np.zeros(3), "reward"), (float("nan"), np.zeros(3), "reward"), (-float("inf"), np.zeros(3), "reward"),
+    (1.0, np.array([0.0, np.nan]), "observation"), (1.0, np.array([np.inf], dtype=np.float32), "observation"),
+    (1.0, np.ones((10, 10, 4), dtype=bool), None), (1.0, np.full(4, 255, dtype=np.uint8), None),
+    (np.float32(2.0), [0.0, 1.0], None)])
+def test_count_step_names_the_non_finite_input_as_the_learner_would_see_it(reward, obs, culprit):
+    counter = type("Counter", (), {"count_step": run_tools.Run.count_step})()
+    counter.global_step = counter.episode_length = 0
+    counter.episode_return = 0.0
+    assert counter.count_step(reward, obs) == culprit
+    assert counter.global_step == 1 and counter.episode_return == (float(reward) if culprit != "reward" else 0.0)

@@ -1,11 +1,15 @@
 """update_tools.py: the fused Adam against torch.optim.Adam, the replay buffer, the metric sums, the finiteness check,
-and compile_update() against eager execution (one sample, and a batch that keeps its matrix products)."""
+compile_update() against eager execution (one sample, and a batch that keeps its matrix products), and the
+written-out products and convolutions against torch's own."""
 import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.fx.experimental.proxy_tensor import make_fx
 
-from update_tools import Adam, MetricSums, ReplayBuffer, all_finite, compile_update, grad_and_aux
+from update_tools import (SMALL_MATMULS_AS_SUMS, Adam, MetricSums, ReplayBuffer, all_finite, compile_update,
+                          grad_and_aux)
 
 OBS, ACT = 5, 2
 
@@ -111,3 +115,42 @@ def test_compiled_update_matches_eager(batch):
     before = copy.deepcopy(compiled.state_dict())
     _, ok = step(torch.full(shape, float("nan")), torch.zeros(shape[:-1]))
     assert not ok and all(torch.equal(before[k], v) for k, v in compiled.state_dict().items())  # masked
+
+
+def traced_ops(fn, *inputs):
+    graph = make_fx(fn, decomposition_table=SMALL_MATMULS_AS_SUMS)(*inputs)
+    return graph, {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+
+
+@pytest.mark.parametrize("in_channels, size, stride, padding, written_out", [
+    (4, 10, 1, 0, True),    # MinAtar's conv: fused into the update
+    (3, 9, 2, 1, True),     # stride and padding
+    (4, 84, 5, 0, False),   # Atari's first conv: too big, the library's convolution
+])
+def test_convolutions_of_one_sample_written_out_match_conv2d_and_its_gradients(in_channels, size, stride, padding,
+                                                                            written_out):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, in_channels, size, size, generator=g)
+    weight = torch.randn(16, in_channels, 3 if size < 20 else 8, 3 if size < 20 else 8, generator=g)
+    bias, grad_out_seed = torch.randn(16, generator=g), torch.randn((), generator=g)
+
+    def conv_and_grads(x, weight, bias):
+        weight, bias = weight.detach().requires_grad_(), bias.detach().requires_grad_()
+        with torch.enable_grad():
+            out = F.conv2d(x, weight, bias, stride=stride, padding=padding)
+            loss = (out.sin() * grad_out_seed).sum()
+            return (out.detach(), *torch.autograd.grad(loss, (weight, bias)))
+
+    graph, ops = traced_ops(conv_and_grads, x, weight, bias)
+    assert any("convolution" in op for op in ops) != written_out, ops
+    for traced, expected in zip(graph(x, weight, bias), conv_and_grads(x, weight, bias)):
+        torch.testing.assert_close(traced, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_large_layer_multiplied_along_its_rows_keeps_the_library_product():
+    """x @ W.T of MinAtar's 1024 x 128 layer goes to BLAS (Inductor's loop is slower there); a small one is summed."""
+    for n_in, kept in ((1024, True), (64, False)):
+        weight, x = torch.randn(128, n_in), torch.randn(1, n_in)
+        graph, ops = traced_ops(lambda x, w: F.linear(x, w), x, weight)
+        assert any(op.startswith(("aten.mm", "aten.addmm", "aten.mv")) for op in ops) == kept, ops
+        torch.testing.assert_close(graph(x, weight), x @ weight.T, rtol=1e-5, atol=1e-5)
