@@ -221,7 +221,7 @@ def fmt(x):
 
 def steps_text(x):
     for unit, size in (("M", 1e6), ("k", 1e3)):
-        if x >= size:
+        if float(f"{x / size:.3g}") >= 1:  # 999,990 is "1M", not "1e+03k"
             return f"{x / size:.3g}{unit}"
     return f"{x:.0f}"
 

@@ -66,6 +66,12 @@ def test_t_quantile_matches_tables():
         assert plot.t_quantile(0.975, df) == pytest.approx(scipy_stats.t.ppf(0.975, df), rel=1e-10)
 
 
+@pytest.mark.parametrize("steps, text", [(999_990, "1M"), (950_000, "950k"), (2_500_000, "2.5M"), (999.7, "1k"),
+                                         (1500, "1.5k"), (12, "12")])
+def test_steps_are_written_in_the_unit_their_rounding_reaches(steps, text):
+    assert plot.steps_text(steps) == text
+
+
 def test_final_performance_and_curves_match_known_values(runs):
     loaded = plot.load_runs([runs / "synth"], log=open("/dev/null", "w"))
     groups = plot.group_runs(loaded)
