@@ -3,7 +3,8 @@ Stream-X paper's MinAtar comparison.
 
     python scripts/experiments/stream_x_discrete.py                 # paper: 5M steps, 30 seeds, 5 MinAtar games
     python scripts/experiments/stream_x_discrete.py --small         # 100k steps, 3 seeds, CartPole-v1
-    python scripts/experiments/stream_x_discrete.py --envs MinAtar/Breakout-v1 MinAtar/Freeway-v1 --num-seeds 3
+    python scripts/experiments/stream_x_discrete.py --envs MinAtar/Breakout-v1 MinAtar/SpaceInvaders-v1 --num-seeds 3 \
+        --budget 1000000   # docs/results.md
 """
 import sys
 
