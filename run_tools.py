@@ -80,7 +80,8 @@ class RunArgs:
     exp_name: Optional[str] = None
     """experiment name, part of the run name and the grouping key of scripts/plot.py; unset: the script's name"""
     run_name: Optional[str] = None
-    """log under runs/RUN_NAME; unset: {env}__{exp_name}__{seed}__{unix time}"""
+    """log under runs/RUN_NAME; unset: {env}__{exp_name}__{seed}__{unix time}, with any / in env as - (as sweep.py
+    names runs), so that MinAtar/Breakout-v1 does not nest a directory"""
 
     compile: Literal["auto", "on", "off"] = "auto"
     """compile the per-step update to C++ (~20 s once, then cached); auto: on when total-timesteps >= 10000"""
@@ -461,7 +462,8 @@ class Run:
     def __init__(self, algo, args, checkpoint=None):
         self.algo, self.args, self.checkpoint = algo, args, checkpoint
         args.exp_name = args.exp_name or algo
-        args.run_name = args.run_name or f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        args.run_name = args.run_name or \
+            f"{args.env.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.dir = Path("runs") / args.run_name
         try:
             (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -292,3 +292,8 @@ def test_count_step_names_the_non_finite_input_as_the_learner_would_see_it(rewar
     counter.episode_return = 0.0
     assert counter.count_step(reward, obs) == culprit
     assert counter.global_step == 1 and counter.episode_return == (float(reward) if culprit != "reward" else 0.0)
+
+
+def test_default_run_name_writes_a_namespaced_env_id_flat_as_sweep_does():
+    run = run_tools.Run("tiny", Args(env="MinAtar/Breakout-v1", seed=4))
+    assert run.dir.parent.name == "runs" and run.dir.name.startswith("MinAtar-Breakout-v1__tiny__4__")
