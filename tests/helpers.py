@@ -1,8 +1,11 @@
-"""Shared helpers for the tests that run the algorithm scripts as a user would (subprocesses)."""
+"""Shared helpers for the tests: running the algorithm scripts as a user would (subprocesses), reading their logs,
+and comparing learners."""
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -49,3 +52,10 @@ DISCRETE_ACTIONS = {"stream_q"}  # scripts that act in discrete action spaces
 def env_for(algo, name):
     """The faulty_envs environment `name` (e.g. "Point-v0") in the variant whose actions `algo` takes."""
     return f"faulty_envs:{'Discrete' if algo in DISCRETE_ACTIONS else ''}{name}"
+
+
+def assert_states_close(expected, actual, rtol=1e-3, atol=1e-5):
+    """Two learners' whole state (parameters and buffers) agree entry by entry, named in the failure message."""
+    assert list(expected.state_dict()) == list(actual.state_dict())
+    for (name, p), q in zip(expected.state_dict().items(), actual.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=rtol, atol=atol, msg=name)

@@ -11,7 +11,7 @@ import sac_incremental as sac
 import td3_incremental as td3
 from run_tools import RunError
 from update_tools import compile_update
-from helpers import run_script
+from helpers import assert_states_close, run_script
 
 OBS, ACT = 4, 2
 
@@ -185,8 +185,7 @@ def test_compiled_update_matches_eager(module, cls, buffer_size, batch_size):
             eager.td_scaler.end_episode()
             compiled.td_scaler.end_episode()
     torch.testing.assert_close(out_compiled[0], out_eager[0], rtol=1e-3, atol=1e-4)
-    for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
-        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5, msg=name)
+    assert_states_close(eager, compiled)
 
 
 @pytest.mark.parametrize("module", [sac, td3])

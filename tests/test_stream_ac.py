@@ -10,7 +10,7 @@ import torch
 import stream_ac
 from run_tools import load_checkpoint
 from update_tools import ObGD, compile_update
-from helpers import run_script, scalars
+from helpers import assert_states_close, run_script, scalars
 
 GAMMA, LAMBDA = 0.99, 0.8
 
@@ -299,8 +299,7 @@ def test_compiled_update_matches_eager_over_many_updates(optimizer):
     *_, a_eager = run_stream(eager, eager, transitions)
     *_, a_compiled = run_stream(step, compiled, transitions)
     torch.testing.assert_close(a_compiled, a_eager, rtol=1e-3, atol=1e-4)
-    for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
-        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5, msg=name)
+    assert_states_close(eager, compiled)
     assert not torch.equal(eager.actor.mu.weight, make_learner(seed=4).actor.mu.weight)  # it learned
 
 
@@ -358,8 +357,7 @@ def test_discrete_compiled_update_matches_eager_on_minatar_planes():
                 learner.end_episode()
         actions.append(taken)
     assert actions[0] == actions[1]
-    for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
-        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5, msg=name)
+    assert_states_close(eager, compiled)
 
 
 @pytest.mark.parametrize("env", ["CartPole-v1", "MinAtar/Breakout-v1"])

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from helpers import assert_states_close
 from update_tools import (SMALL_MATMULS_AS_SUMS, Adam, MetricSums, ReplayBuffer, all_finite, compile_update,
                           grad_and_aux)
 
@@ -110,8 +111,7 @@ def test_compiled_update_matches_eager(batch):
         loss_compiled, ok = step(x, y)
         assert ok
     torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-4, atol=1e-6)
-    for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+    assert_states_close(eager, compiled, rtol=1e-4, atol=1e-6)
     before = copy.deepcopy(compiled.state_dict())
     _, ok = step(torch.full(shape, float("nan")), torch.zeros(shape[:-1]))
     assert not ok and all(torch.equal(before[k], v) for k, v in compiled.state_dict().items())  # masked
