@@ -6,14 +6,14 @@ no batch update. One update per environment step, on the latest transition only.
 Vasan et al., "Deep Policy Gradient Methods Without Batch Updates, Target Networks, or Replay Buffers",
 NeurIPS 2024 (arXiv 2411.15370). Definitions and hyperparameters: docs/algorithms.md sections 1-4.
 This file holds the algorithm: its hyperparameters, statistics, networks, the update and the training loop.
-The run machinery (checkpoints, resume, signals, logging, environment checks, compiling) is in run_tools.py;
-Adam written out for the compiled update, and the compiler, are in update_tools.py.
+The run machinery (checkpoints, resume, signals, logging, environment checks) is in incremental_utils/; Adam
+written out for the compiled update is in incremental_utils/updates.py, the compiler in incremental_utils/compiling.py.
 """
 import copy
 import math
 import sys
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -21,14 +21,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-import run_tools
-from update_tools import Adam, MetricSums, all_finite, grad_and_aux
+from incremental_utils.errors import one_line_errors
+from incremental_utils.flags import RunArgs, check_args, flags_given, resume_args
+from incremental_utils.run import Run
+from incremental_utils.updates import Adam, MetricSums, all_finite, grad_and_aux
 
 ALGO = "avg"
 
 
 @dataclass
-class Args(run_tools.RunArgs):
+class Args(RunArgs):
     actor_lr: Optional[float] = None
     """actor step size; unset: the paper's value for --env (avg.py's HYPERPARAMS table)"""
     critic_lr: Optional[float] = None
@@ -51,8 +53,7 @@ class Args(run_tools.RunArgs):
     target_tau: float = 1.0
     """Polyak rate of a target critic; 1.0 means no target network (AVG), 0 a frozen one"""
     action_mapping: Literal["rescale", "clip"] = "rescale"
-    """tanh's [-1, 1] to the action bounds: rescale onto them, or clip to them as the authors' code does (the same
-    for bounds of +-1; for Humanoid's +-0.4 see docs/algorithms.md 1)"""
+    """tanh's [-1, 1] to the action bounds: rescale onto them, or clip as the authors' code does (docs/algorithms.md 1)"""
 
 
 # Published hyperparameters (algorithms.md 1): actor lr, critic lr, beta1, entropy coefficient, gamma.
@@ -84,9 +85,8 @@ def resolve_hyperparams(args):
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-# Every piece of learner state is a parameter or buffer of an nn.Module, so state_dict() is a complete
-# checkpoint and update_tools.compile_update() can trace the update with the state as graph inputs. Scalars are float64
-# tensors of shape (1,).
+# Every piece of learner state is a parameter or buffer of an nn.Module, so state_dict() is a complete checkpoint
+# (incremental_utils/compiling.py says what else the compiler needs). Scalars are float64 tensors of shape (1,).
 class RunningMeanVar(nn.Module):
     """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
@@ -203,6 +203,33 @@ class Critic(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- learner
+class StepInputs(NamedTuple):
+    """What one update reads, by name (built by step_inputs(), the same way for every step and for the compiler)."""
+    obs: torch.Tensor           # S, normalised
+    noise: torch.Tensor         # the N(0, I) draw that gave A
+    log_prob: torch.Tensor      # log pi(A|S)
+    raw_next_obs: torch.Tensor  # S' as the environment gave it (float64)
+    reward: torch.Tensor        # R
+    terminated: torch.Tensor    # 1.0 if S' ends the task (a fall), else 0.0; a time limit is not termination
+    noises: torch.Tensor        # (2, |A|): draws A' for the TD target, and the next action
+
+
+class Acting(NamedTuple):
+    """Where the agent is between steps, S and the action it takes there: what an update returns, and reset()."""
+    action: torch.Tensor    # A, in the environment's bounds
+    log_prob: torch.Tensor  # log pi(A|S)
+    obs: torch.Tensor       # S, normalised
+    noise: torch.Tensor     # the N(0, I) draw that gave A
+    ok: torch.Tensor        # false when the update that led here was not applied (a non-finite loss or gradient)
+
+
+def step_inputs(now, raw_next_obs, reward, terminated, generator):
+    """One update's inputs from where the agent is (`now`) and what the environment returned."""
+    return StepInputs(now.obs, now.noise, now.log_prob, torch.as_tensor(raw_next_obs, dtype=torch.float64),
+                      torch.tensor(float(reward)), torch.tensor(float(terminated)),
+                      torch.randn(2, now.noise.shape[0], generator=generator))
+
+
 class AVG(nn.Module):
     """The whole learner. forward() is one AVG step; parameters and buffers are the complete state."""
 
@@ -263,19 +290,23 @@ class AVG(nn.Module):
         actor_loss = self.eta * log_prob - q
         return actor_loss, (delta, actor_loss.detach(), log_prob.detach(), q.detach())
 
-    def forward(self, obs, noise, log_prob, raw_next_obs, reward, terminated, noises):
+    def acting(self, obs, noise, ok=True):
+        """A ~ pi(.|S) from the noise, as an Acting."""
+        return Acting(*self.act(obs, noise), obs, noise, torch.tensor(ok))
+
+    def forward(self, s: StepInputs):
         """One AVG update on (S, A, R, S') (algorithms.md 1), then the next action from the updated actor.
 
-        obs, noise and log_prob describe the action just taken: S (normalised), the Gaussian noise that drew A,
-        and log pi(A|S). noises[0] draws A' for the target, noises[1] the next action. Both networks' gradients
-        use the pre-update parameters; an update with a non-finite loss or gradient is not applied (ok=False)."""
-        next_obs = self.normalize(raw_next_obs)
-        discount = self.gamma * (1.0 - terminated)
-        self.td_scaler.update((reward - self.eta * log_prob).double(), discount.double())
+        s.noises[0] draws A' for the target, s.noises[1] the next action. Both networks' gradients use the
+        pre-update parameters; an update with a non-finite loss or gradient is not applied (ok=False)."""
+        next_obs = self.normalize(s.raw_next_obs)
+        discount = self.gamma * (1.0 - s.terminated)
+        self.td_scaler.update((s.reward - self.eta * s.log_prob).double(), discount.double())
         sigma = self.td_scaler.sigma() if self.scale_td else torch.ones(())
         actor_params, critic_params = dict(self.actor.named_parameters()), dict(self.critic.named_parameters())
         (actor_grads, critic_grads), (delta, actor_loss, policy_log_prob, q) = grad_and_aux(
-            self.losses, (actor_params, critic_params), obs, noise, next_obs, noises[0], reward, discount, sigma)
+            self.losses, (actor_params, critic_params), s.obs, s.noise, next_obs, s.noises[0], s.reward, discount,
+            sigma)
         critic_grads = {k: g * (2 * delta / sigma) for k, g in critic_grads.items()}
         ok = all_finite(delta + actor_loss, actor_grads, critic_grads)
         self.actor_opt.step(actor_params, actor_grads, ok)
@@ -285,8 +316,7 @@ class AVG(nn.Module):
                 target.copy_(torch.where(ok, target.lerp(param, self.tau), target))
         self.metrics.add(ok, {"losses/critic_loss": delta.square(), "losses/actor_loss": actor_loss,
                               "health/entropy": -policy_log_prob, "health/abs_q": q.abs(), "health/td_sigma": sigma})
-        next_action, next_log_prob = self.act(next_obs, noises[1])
-        return next_action, next_log_prob, next_obs, ok
+        return Acting(*self.act(next_obs, s.noises[1]), next_obs, s.noises[1], ok)
 
 
 def make_learner(env, args):
@@ -296,70 +326,51 @@ def make_learner(env, args):
 
 
 # ---------------------------------------------------------------------------------------------------- run
+def policy_parts(agent):
+    """The modules a saved policy holds (--save-model, --init-from, scripts/evaluate.py)."""
+    return {"actor": agent.actor, "critic": agent.critic, "obs_stats": agent.obs_stats}
+
+
 def main(args, given=frozenset()):
-    args, checkpoint = run_tools.resume_args(args, given, ALGO)
+    args, checkpoint = resume_args(args, given, ALGO)
     source = resolve_hyperparams(args)
-    run_tools.check_args(args, positive=("hidden_size", "actor_lr", "critic_lr"),
-                         ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1,
-                                 "entropy_coef": lambda e: e >= 0, "target_tau": lambda t: 0 <= t <= 1})
-    run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
-    env = run.make_env(finite_action_bounds=True)
-    obs_dim, act_dim = run.shapes()
+    check_args(args, positive=("hidden_size", "actor_lr", "critic_lr"),
+               ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1,
+                       "entropy_coef": lambda e: e >= 0, "target_tau": lambda t: 0 <= t <= 1})
+    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
+    env = run.make_env(finite_action_bounds=True)  # its step() counts steps and checks rewards and observations
     agent = make_learner(env, args)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "beta1", "entropy_coef", "gamma")}
-    run.start(agent, f"{hyperparams} ({source})")  # a resumed run's state restored; TensorBoard, wandb
+    run.start(agent, f"{hyperparams} ({source})", policy=agent.evaluation_action, parts=policy_parts(agent))
     if run.resumed:
         agent.td_scaler.episode_return.zero_()  # the partial episode at a mid-episode save is dropped
     elif args.init_from and agent.target is not None:
         agent.target.load_state_dict(agent.critic.state_dict())
-    scalars = torch.zeros(2)  # reward and terminated, written through a numpy view each step
-    scalars_np, reward_t, terminated_t = scalars.numpy(), scalars[0], scalars[1]
-    step_fn = run.compile(agent, (torch.zeros(obs_dim), torch.zeros(act_dim), torch.zeros(()),
-                                  torch.zeros(obs_dim, dtype=torch.float64), reward_t, terminated_t,
-                                  torch.zeros(2, act_dim)))
+    update = run.compile(agent, step_inputs(agent.acting(torch.zeros(obs_dim), torch.zeros(act_dim)),
+                                            np.zeros(obs_dim), 0.0, False, torch.Generator()))
 
     def reset():
-        obs = agent.normalize(torch.from_numpy(np.asarray(run.reset_env(), dtype=np.float64)))
-        noise = torch.randn(act_dim, generator=run.noise_gen)
-        action, log_prob = agent.act(obs, noise)
-        return obs, noise, action, log_prob
+        obs = agent.normalize(torch.as_tensor(run.reset_env(), dtype=torch.float64))
+        return agent.acting(obs, torch.randn(act_dim, generator=run.noise_gen))
 
     with run.guard():  # Ctrl-C, SIGTERM, a non-finite value, a robot fault or a crash: saved, closed, reported
-        if run.stop_signal is None:  # Ctrl-C during start-up (connecting, compiling): the robot never moves
-            obs, noise, action, log_prob = reset()
-        while run.global_step < args.total_timesteps and run.stop_signal is None:
-            raw_next_obs, reward, terminated, truncated, info = env.step(action.numpy())
-            culprit = run.count_step(reward, raw_next_obs)  # None, or which input is non-finite
-            scalars_np[0], scalars_np[1] = reward, terminated
-            raw_next_obs = torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64))
-            noises = torch.randn(2, act_dim, generator=run.noise_gen)
+        now = reset() if run.running() else None  # Ctrl-C while connecting or compiling: the robot never moves
+        while run.running():
+            raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
             # ALGO LOGIC: one AVG update on (S, A, R, S'), and A' from the updated actor
-            if culprit is None:
-                inputs = (obs, noise, log_prob, raw_next_obs, reward_t, terminated_t, noises)
-                next_action, next_log_prob, next_obs, ok = run.timed(step_fn, *inputs)
-                culprit = None if ok else "loss or gradient"
-            if culprit is not None:  # the update was not applied
-                run.nonfinite(culprit)  # --on-nonfinite stop ends the run here, saving the last good state
-                bad_obs = not torch.isfinite(raw_next_obs).all()
-                if culprit == "reward" and not bad_obs:  # S' is good: go on from it, without an update
-                    next_obs = agent.normalize(raw_next_obs)
-                    next_action, next_log_prob = agent.act(next_obs, noises[1])
-                # cannot go on from a non-finite state, nor send a non-finite action (a rejected update's features
-                # may have overflowed): end the episode
-                terminated = terminated or bad_obs or not torch.isfinite(next_action).all().item()
-            # TRY NOT TO MODIFY: logging, episode ends, checkpoints
-            run.log_window(agent.metrics)
-            if terminated or truncated:
+            out = run.step(update, step_inputs(now, raw_next_obs, reward, terminated, run.noise_gen))
+            # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            if run.episode_over(out, terminated, truncated):
                 agent.td_scaler.end_episode()
-                run.end_episode(info, agent.evaluation_action)  # and --eval-every
-                obs, noise, action, log_prob = reset()
+                run.end_episode(info)  # and --eval-every, --checkpoint-every
+                now = reset()
             else:
-                obs, noise, action, log_prob = next_obs, noises[1], next_action, next_log_prob
-    return run.finish({"actor": agent.actor.state_dict(), "critic": agent.critic.state_dict(),
-                       "obs_stats": agent.obs_stats.state_dict()})
+                now = out
+    return run.finish()
 
 
 if __name__ == "__main__":
     cli_args = tyro.cli(Args)
-    with run_tools.one_line_errors(ALGO):
-        sys.exit(main(cli_args, run_tools.flags_given(sys.argv[1:], Args)))
+    with one_line_errors(ALGO):
+        sys.exit(main(cli_args, flags_given(sys.argv[1:], Args)))

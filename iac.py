@@ -20,13 +20,13 @@ undiscounted episode return G (the authors' IAC accumulated a discounted G).
 
 Hyperparameter defaults are those of the authors' released IAC script; the paper publishes no per-environment
 values for IAC. The three techniques are off by default (plain IAC); all three on is IAC+.
-Vasan et al., NeurIPS 2024 (arXiv 2411.15370). Run machinery (checkpoints, resume, logs, compiling): run_tools.py
-and update_tools.py, as for every script.
+Vasan et al., NeurIPS 2024 (arXiv 2411.15370). Run machinery (checkpoints, resume, logs, compiling): incremental_utils/,
+as for every script.
 """
 import math
 import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -34,14 +34,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-import run_tools
-from update_tools import Adam, MetricSums, all_finite, grad_and_aux
+from incremental_utils.errors import one_line_errors
+from incremental_utils.flags import RunArgs, check_args, flags_given, resume_args
+from incremental_utils.run import Run
+from incremental_utils.updates import Adam, MetricSums, all_finite, grad_and_aux
 
 ALGO = "iac"
 
 
 @dataclass
-class Args(run_tools.RunArgs):
+class Args(RunArgs):
     actor_lr: float = 6e-5
     """actor step size (default: the authors' IAC script; the paper publishes no tuned IAC values)"""
     critic_lr: float = 8.7e-4
@@ -64,8 +66,8 @@ class Args(run_tools.RunArgs):
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-# As in avg.py: all learner state is parameters and buffers of nn.Modules (state_dict() is the checkpoint, and
-# update_tools.compile_update() passes the state to the compiled graph); scalars are float64 tensors of shape (1,).
+# As in avg.py: all learner state is parameters and buffers of nn.Modules (state_dict() is the checkpoint;
+# incremental_utils/compiling.py says what else the compiler needs); scalars are float64 tensors of shape (1,).
 class RunningMeanVar(nn.Module):
     """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
@@ -183,6 +185,30 @@ class Critic(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- learner
+class StepInputs(NamedTuple):
+    """What one update reads, by name (built by step_inputs(), the same way for every step and for the compiler)."""
+    obs: torch.Tensor           # S, normalised
+    u: torch.Tensor             # the pre-squash sample that gave A = tanh(u)
+    raw_next_obs: torch.Tensor  # S' as the environment gave it (float64)
+    reward: torch.Tensor        # R
+    terminated: torch.Tensor    # 1.0 if S' ends the task, else 0.0; a time limit is not termination
+    noise: torch.Tensor         # N(0, I), draws the next action
+
+
+class Acting(NamedTuple):
+    """Where the agent is between steps, S and the action it takes there: what an update returns, and reset()."""
+    action: torch.Tensor  # A, in the environment's bounds
+    u: torch.Tensor       # its pre-squash sample
+    obs: torch.Tensor     # S, normalised
+    ok: torch.Tensor      # false when the update that led here was not applied (a non-finite loss or gradient)
+
+
+def step_inputs(now, raw_next_obs, reward, terminated, generator):
+    """One update's inputs from where the agent is (`now`) and what the environment returned."""
+    return StepInputs(now.obs, now.u, torch.as_tensor(raw_next_obs, dtype=torch.float64), torch.tensor(float(reward)),
+                      torch.tensor(float(terminated)), torch.randn(now.u.shape[0], generator=generator))
+
+
 class IAC(nn.Module):
     """The whole learner. forward() is one IAC step; parameters and buffers are the complete state."""
 
@@ -236,25 +262,25 @@ class IAC(nn.Module):
         # The two networks share no parameter, so one backward pass of the sum gives each its own gradient.
         return actor_loss + delta.square(), (delta.detach(), actor_loss.detach(), ent.detach(), v.detach())
 
-    def forward(self, obs, u, raw_next_obs, reward, terminated, noise):
-        """One IAC update on (S, A, R, S') (algorithms.md 5), then the next action from the updated actor.
+    def acting(self, obs, noise, ok=True):
+        return Acting(*self.act(obs, noise), obs, torch.tensor(ok))
 
-        obs is S (normalised) and u the pre-squash sample that gave A = tanh(u); noise draws the next action.
+    def forward(self, s: StepInputs):
+        """One IAC update on (S, A, R, S') (algorithms.md 5), then the next action from the updated actor.
         An update with a non-finite loss or gradient is not applied (ok=False)."""
-        next_obs = self.normalize(raw_next_obs)
-        discount = self.gamma * (1.0 - terminated)
-        self.td_scaler.update(reward.double(), discount.double())
+        next_obs = self.normalize(s.raw_next_obs)
+        discount = self.gamma * (1.0 - s.terminated)
+        self.td_scaler.update(s.reward.double(), discount.double())
         sigma = self.td_scaler.sigma() if self.scale_td else torch.ones(())
         actor_params, critic_params = dict(self.actor.named_parameters()), dict(self.critic.named_parameters())
         (actor_grads, critic_grads), (delta, actor_loss, ent, v) = grad_and_aux(
-            self.losses, (actor_params, critic_params), obs, u, next_obs, reward, discount, sigma)
+            self.losses, (actor_params, critic_params), s.obs, s.u, next_obs, s.reward, discount, sigma)
         ok = all_finite(delta + actor_loss, actor_grads, critic_grads)
         self.actor_opt.step(actor_params, actor_grads, ok)
         self.critic_opt.step(critic_params, critic_grads, ok)
         self.metrics.add(ok, {"losses/critic_loss": delta.square(), "losses/actor_loss": actor_loss,
                               "health/entropy": ent, "health/abs_v": v.abs(), "health/td_sigma": sigma})
-        next_action, next_u = self.act(next_obs, noise)
-        return next_action, next_u, next_obs, ok
+        return Acting(*self.act(next_obs, s.noise), next_obs, ok)
 
 
 def make_learner(env, args):
@@ -264,65 +290,48 @@ def make_learner(env, args):
 
 
 # ---------------------------------------------------------------------------------------------------- run
+def policy_parts(agent):
+    """The modules a saved policy holds (--save-model, --init-from, scripts/evaluate.py)."""
+    return {"actor": agent.actor, "critic": agent.critic, "obs_stats": agent.obs_stats}
+
+
 def main(args, given=frozenset()):
-    args, checkpoint = run_tools.resume_args(args, given, ALGO)
-    run_tools.check_args(args, positive=("hidden_size", "actor_lr", "critic_lr"),
-                         ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1,
-                                 "entropy_coef": lambda e: e >= 0})
-    run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
-    env = run.make_env(finite_action_bounds=True)
-    obs_dim, act_dim = run.shapes()
+    args, checkpoint = resume_args(args, given, ALGO)
+    check_args(args, positive=("hidden_size", "actor_lr", "critic_lr"),
+               ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1, "entropy_coef": lambda e: e >= 0})
+    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
+    env = run.make_env(finite_action_bounds=True)  # its step() counts steps and checks rewards and observations
     agent = make_learner(env, args)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     variant = "IAC+" if args.obs_norm and args.feature_norm != "none" and args.scale_td else "IAC"
     hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "beta1", "entropy_coef", "gamma")}
-    run.start(agent, f"{variant}, {hyperparams}")  # a resumed run's state restored; TensorBoard, wandb
+    run.start(agent, f"{variant}, {hyperparams}", policy=agent.evaluation_action, parts=policy_parts(agent))
     if run.resumed:
         agent.td_scaler.episode_return.zero_()  # the partial episode at a mid-episode save is dropped
-    scalars = torch.zeros(2)  # reward and terminated, written through a numpy view each step
-    scalars_np, reward_t, terminated_t = scalars.numpy(), scalars[0], scalars[1]
-    step_fn = run.compile(agent, (torch.zeros(obs_dim), torch.zeros(act_dim), torch.zeros(obs_dim, dtype=torch.float64),
-                                  reward_t, terminated_t, torch.zeros(act_dim)))
+    update = run.compile(agent, step_inputs(agent.acting(torch.zeros(obs_dim), torch.zeros(act_dim)),
+                                            np.zeros(obs_dim), 0.0, False, torch.Generator()))
 
     def reset():
-        obs = agent.normalize(torch.from_numpy(np.asarray(run.reset_env(), dtype=np.float64)))
-        action, u = agent.act(obs, torch.randn(act_dim, generator=run.noise_gen))
-        return obs, action, u
+        obs = agent.normalize(torch.as_tensor(run.reset_env(), dtype=torch.float64))
+        return agent.acting(obs, torch.randn(act_dim, generator=run.noise_gen))
 
     with run.guard():  # Ctrl-C, SIGTERM, a non-finite value, a robot fault or a crash: saved, closed, reported
-        if run.stop_signal is None:  # Ctrl-C during start-up (connecting, compiling): the robot never moves
-            obs, action, u = reset()
-        while run.global_step < args.total_timesteps and run.stop_signal is None:
-            raw_next_obs, reward, terminated, truncated, info = env.step(action.numpy())
-            culprit = run.count_step(reward, raw_next_obs)  # None, or which input is non-finite
-            scalars_np[0], scalars_np[1] = reward, terminated
-            raw_next_obs = torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64))
-            noise = torch.randn(act_dim, generator=run.noise_gen)
+        now = reset() if run.running() else None  # Ctrl-C while connecting or compiling: the robot never moves
+        while run.running():
+            raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
             # ALGO LOGIC: one IAC update on (S, A, R, S'), and the next action from the updated actor
-            if culprit is None:
-                inputs = (obs, u, raw_next_obs, reward_t, terminated_t, noise)
-                next_action, next_u, next_obs, ok = run.timed(step_fn, *inputs)
-                culprit = None if ok else "loss or gradient"
-            if culprit is not None:  # the update was not applied
-                run.nonfinite(culprit)  # --on-nonfinite stop ends the run here, saving the last good state
-                bad_obs = not torch.isfinite(raw_next_obs).all()
-                if culprit == "reward" and not bad_obs:  # S' is good: go on from it, without an update
-                    next_obs = agent.normalize(raw_next_obs)
-                    next_action, next_u = agent.act(next_obs, noise)
-                # cannot go on from a non-finite state, nor send a non-finite action: end the episode
-                terminated = terminated or bad_obs or not torch.isfinite(next_action).all().item()
-            # TRY NOT TO MODIFY: logging, episode ends, checkpoints
-            run.log_window(agent.metrics)
-            if terminated or truncated:
+            out = run.step(update, step_inputs(now, raw_next_obs, reward, terminated, run.noise_gen))
+            # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            if run.episode_over(out, terminated, truncated):
                 agent.td_scaler.end_episode()
-                run.end_episode(info, agent.evaluation_action)  # and --eval-every
-                obs, action, u = reset()
+                run.end_episode(info)  # and --eval-every, --checkpoint-every
+                now = reset()
             else:
-                obs, action, u = next_obs, next_action, next_u
-    return run.finish({"actor": agent.actor.state_dict(), "critic": agent.critic.state_dict(),
-                       "obs_stats": agent.obs_stats.state_dict()})
+                now = out
+    return run.finish()
 
 
 if __name__ == "__main__":
     cli_args = tyro.cli(Args)
-    with run_tools.one_line_errors(ALGO):
-        sys.exit(main(cli_args, run_tools.flags_given(sys.argv[1:], Args)))
+    with one_line_errors(ALGO):
+        sys.exit(main(cli_args, flags_given(sys.argv[1:], Args)))

@@ -8,13 +8,13 @@ latest transition) by default, batch SAC with the usual settings, and every size
 Twin critics, Polyak-averaged target critics and a learned temperature (target entropy -|A|), as in Haarnoja
 et al. 2018; one gradient update per environment step. The AVG paper (arXiv 2411.15370) compares AVG with
 SAC-1 and batch SAC, and adds the three normalisation/scaling techniques to make SAC-1+ (docs/algorithms.md 2-5).
-Run machinery (checkpoints, resume, logs, compiling): run_tools.py and update_tools.py, as for every script.
+Run machinery (checkpoints, resume, logs, compiling): incremental_utils/, as for every script.
 """
 import copy
 import math
 import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -22,14 +22,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-import run_tools
-from update_tools import Adam, MetricSums, ReplayBuffer, all_finite, grad_and_aux
+from incremental_utils.errors import RunError, one_line_errors
+from incremental_utils.flags import RunArgs, check_args, flags_given, resume_args
+from incremental_utils.run import Run
+from incremental_utils.updates import Adam, MetricSums, ReplayBuffer, all_finite, grad_and_aux
 
 ALGO = "sac_incremental"
 
 
 @dataclass
-class Args(run_tools.RunArgs):
+class Args(RunArgs):
     buffer_size: int = 1
     """replay buffer capacity in transitions (1: SAC-1; the batch baseline uses 1000000)"""
     batch_size: int = 1
@@ -60,9 +62,8 @@ class Args(run_tools.RunArgs):
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-# Every piece of learner state is a parameter or buffer of an nn.Module, so state_dict() is a complete
-# checkpoint and update_tools.compile_update() can trace the update with the state as graph inputs. Scalars are float64
-# tensors of shape (1,).
+# Every piece of learner state is a parameter or buffer of an nn.Module, so state_dict() is a complete checkpoint
+# (incremental_utils/compiling.py says what else the compiler needs). Scalars are float64 tensors of shape (1,).
 class RunningMeanVar(nn.Module):
     """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
@@ -174,6 +175,38 @@ class TwinCritics(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- learner
+class StepInputs(NamedTuple):
+    """What one step reads, by name (built by step_inputs(), the same way for every step and for the compiler)."""
+    obs: torch.Tensor           # S, normalised
+    action: torch.Tensor        # A in [-1, 1], as stored
+    log_prob: torch.Tensor      # log b(A|S) of the behaviour policy
+    raw_next_obs: torch.Tensor  # S' as the environment gave it (float64)
+    reward: torch.Tensor        # R
+    terminated: torch.Tensor    # 1.0 if S' ends the task, else 0.0; a time limit is not termination
+    indices: torch.Tensor       # which stored transitions make the batch
+    noises: torch.Tensor        # (2, batch, |A|): the target's next actions, the actor loss's actions
+    next_noise: torch.Tensor    # N(0, I), draws the next action
+    uniform: torch.Tensor       # U(-1, 1), the next action while the buffer is still filling
+
+
+class Acting(NamedTuple):
+    """Where the agent is between steps, S and the action it takes there: what a step returns, and reset()."""
+    action: torch.Tensor      # A in [-1, 1] (as stored and seen by the critics)
+    env_action: torch.Tensor  # A in the environment's bounds
+    log_prob: torch.Tensor    # log b(A|S)
+    obs: torch.Tensor         # S, normalised
+    ok: torch.Tensor          # false when the update that led here was not applied (a non-finite loss or gradient)
+
+
+def step_inputs(now, raw_next_obs, reward, terminated, replay, batch_size, generator):
+    """One step's inputs from where the agent is (`now`) and what the environment returned."""
+    act_dim = now.action.shape[0]
+    return StepInputs(now.obs, now.action, now.log_prob, torch.as_tensor(raw_next_obs, dtype=torch.float64),
+                      torch.tensor(float(reward)), torch.tensor(float(terminated)), replay.draw(batch_size, generator),
+                      torch.randn(2, batch_size, act_dim, generator=generator),
+                      torch.randn(act_dim, generator=generator), torch.rand(act_dim, generator=generator) * 2 - 1)
+
+
 class Temperature(nn.Module):
     def __init__(self):
         super().__init__()
@@ -199,6 +232,7 @@ class SAC(nn.Module):
         self.obs_stats = RunningMeanVar((obs_dim,))
         self.td_scaler = TDErrorScaler()
         self.gamma, self.tau, self.target_entropy = args.gamma, args.tau, -float(act_dim)
+        self.learning_starts = args.learning_starts
         self.obs_norm, self.scale_td = args.obs_norm, args.scale_td
         self.register_buffer("action_scale", torch.as_tensor((act_high - act_low) / 2, dtype=torch.float32))
         self.register_buffer("action_offset", torch.as_tensor((act_high + act_low) / 2, dtype=torch.float32))
@@ -217,6 +251,14 @@ class SAC(nn.Module):
         action, log_prob = self.actor(obs, noise)
         return action, action * self.action_scale + self.action_offset, log_prob
 
+    def explore(self, obs, noise, uniform, ok=True):
+        """The behaviour policy, as an Acting: uniformly random actions (log-density -|A| log 2) until the buffer
+        holds --learning-starts transitions, then pi's."""
+        if int(self.replay.added) < self.learning_starts:
+            log_prob = torch.tensor(-uniform.shape[0] * math.log(2))
+            return Acting(uniform, uniform * self.action_scale + self.action_offset, log_prob, obs, torch.tensor(ok))
+        return Acting(*self.act(obs, noise), obs, torch.tensor(ok))
+
     @torch.no_grad()
     def evaluation_action(self, raw_obs, episode_step, generator=None):
         """The environment's action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation
@@ -226,14 +268,18 @@ class SAC(nn.Module):
                                                                                             generator=generator)
         return self.act(obs, noise)[1]
 
-    def observe(self, obs, action, log_prob, raw_next_obs, reward, terminated):
+    def observe(self, s: StepInputs):
         """Normalises S', feeds the TD-error scale statistics (the reward entropy-augmented with the behaviour
         policy's log-probability, as in avg.py) and stores (S, A, R, S', terminated). Returns S'."""
-        next_obs = self.normalize(raw_next_obs)
+        next_obs = self.normalize(s.raw_next_obs)
         alpha = self.temperature.log_alpha.exp()
-        self.td_scaler.update((reward - alpha * log_prob).double(), (self.gamma * (1.0 - terminated)).double())
-        self.replay.add(obs, action, reward, next_obs, terminated)
+        self.td_scaler.update((s.reward - alpha * s.log_prob).double(), (self.gamma * (1.0 - s.terminated)).double())
+        self.replay.add(s.obs, s.action, s.reward, next_obs, s.terminated)
         return next_obs
+
+    def store(self, s: StepInputs):
+        """Before --learning-starts: stores (S, A, R, S') without an update; the next action from explore()."""
+        return self.explore(self.observe(s), s.next_noise, s.uniform)
 
     def critic_loss(self, params, obs, action, target, sigma):
         q1, q2 = torch.func.functional_call(self.critic, params[0], (obs, action))
@@ -245,17 +291,17 @@ class SAC(nn.Module):
         loss = (alpha * log_prob - torch.minimum(*self.critic(obs, action))).mean()
         return loss, (loss.detach(), log_prob.detach())
 
-    def forward(self, obs, action, log_prob, raw_next_obs, reward, terminated, indices, noises, next_noise):
-        """Stores (S, A, R, S') and makes one SAC update on the stored transitions at `indices` (the latest one
-        for SAC-1): critics first, then the actor against the updated critics, then the temperature, then the
-        targets. noises[0] draws the target's next actions, noises[1] the actor loss's actions, next_noise the
-        next action to take. Parts with a non-finite loss or gradient are not applied (ok=False)."""
-        next_obs = self.observe(obs, action, log_prob, raw_next_obs, reward, terminated)
+    def forward(self, s: StepInputs):
+        """Stores (S, A, R, S') and makes one SAC update on the stored transitions at s.indices (the latest one for
+        SAC-1): critics first, then the actor against the updated critics, then the temperature, then the targets.
+        s.noises[0] draws the target's next actions, s.noises[1] the actor loss's actions, s.next_noise the next
+        action to take. Parts with a non-finite loss or gradient are not applied (ok=False)."""
+        next_obs = self.observe(s)
         sigma = self.td_scaler.sigma() if self.scale_td else torch.ones(())
         alpha = self.temperature.log_alpha.exp()
-        batch_obs, batch_action, batch_reward, batch_next_obs, batch_terminated = self.replay.sample(indices)
+        batch_obs, batch_action, batch_reward, batch_next_obs, batch_terminated = self.replay.sample(s.indices)
         with torch.no_grad():
-            next_action, next_log_prob = self.actor(batch_next_obs, noises[0])
+            next_action, next_log_prob = self.actor(batch_next_obs, s.noises[0])
             next_q = torch.minimum(*self.target(batch_next_obs, next_action)) - alpha * next_log_prob
             target = batch_reward + self.gamma * (1.0 - batch_terminated) * next_q
         critic_params = dict(self.critic.named_parameters())
@@ -265,7 +311,7 @@ class SAC(nn.Module):
         self.critic_opt.step(critic_params, critic_grads, ok)
         actor_params = dict(self.actor.named_parameters())
         (actor_grads,), (actor_loss, policy_log_prob) = grad_and_aux(self.actor_loss, (actor_params,), batch_obs,
-                                                                     noises[1], alpha)
+                                                                     s.noises[1], alpha)
         ok = ok & all_finite(actor_loss, actor_grads)
         self.actor_opt.step(actor_params, actor_grads, ok)
         # the temperature loss -(log alpha * (log pi + target entropy)).mean(), differentiated by hand
@@ -276,8 +322,7 @@ class SAC(nn.Module):
         self.metrics.add(ok, {"losses/critic_loss": critic_loss, "losses/actor_loss": actor_loss, "losses/alpha": alpha,
                               "health/entropy": -policy_log_prob.mean(), "health/abs_q": abs_q,
                               "health/td_sigma": sigma})
-        next_action, next_env_action, next_log_prob = self.act(next_obs, next_noise)
-        return next_action, next_env_action, next_log_prob, next_obs, ok
+        return Acting(*self.act(next_obs, s.next_noise), next_obs, ok)
 
 
 def make_learner(env, args):
@@ -287,84 +332,57 @@ def make_learner(env, args):
 
 
 # ---------------------------------------------------------------------------------------------------- run
+def policy_parts(agent):
+    """The modules a saved policy holds (--save-model, --init-from, scripts/evaluate.py)."""
+    return {"actor": agent.actor, "critic": agent.critic, "obs_stats": agent.obs_stats}
+
+
 def main(args, given=frozenset()):
-    args, checkpoint = run_tools.resume_args(args, given, ALGO)
-    run_tools.check_args(args, positive=("hidden_size", "buffer_size", "batch_size", "actor_lr", "critic_lr",
-                                         "alpha_lr"),
-                         ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1,
-                                 "tau": lambda t: 0 < t <= 1, "learning_starts": lambda n: n >= 0})
+    args, checkpoint = resume_args(args, given, ALGO)
+    check_args(args, positive=("hidden_size", "buffer_size", "batch_size", "actor_lr", "critic_lr", "alpha_lr"),
+               ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1, "tau": lambda t: 0 < t <= 1,
+                       "learning_starts": lambda n: n >= 0})
     if args.batch_size > args.buffer_size:
-        raise run_tools.RunError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
-    run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
-    env = run.make_env(finite_action_bounds=True)
-    obs_dim, act_dim = run.shapes()
+        raise RunError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
+    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
+    env = run.make_env(finite_action_bounds=True)  # its step() counts steps and checks rewards and observations
     agent = make_learner(env, args)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     hyperparams = {k: getattr(args, k) for k in ("buffer_size", "batch_size", "learning_starts", "actor_lr",
                                                   "critic_lr", "alpha_lr", "gamma", "tau")}
-    run.start(agent, str(hyperparams))  # a resumed run's state restored; TensorBoard, wandb
+    run.start(agent, str(hyperparams), policy=agent.evaluation_action, parts=policy_parts(agent))
     if run.resumed:
         agent.td_scaler.episode_return.zero_()  # the partial episode at a mid-episode save is dropped
     elif args.init_from:
         agent.target.load_state_dict(agent.critic.state_dict())
-    scalars = torch.zeros(2)  # reward and terminated, written through a numpy view each step
-    scalars_np, reward_t, terminated_t = scalars.numpy(), scalars[0], scalars[1]
-    step_fn = run.compile(agent, (torch.zeros(obs_dim), torch.zeros(act_dim), torch.zeros(()),
-                                  torch.zeros(obs_dim, dtype=torch.float64), reward_t, terminated_t,
-                                  torch.zeros(args.batch_size, dtype=torch.long),
-                                  torch.zeros(2, args.batch_size, act_dim), torch.zeros(act_dim)))
-
-    def choose_action(obs):
-        """Uniformly random actions until --learning-starts (log-density of the uniform: -|A| log 2), then the
-        policy's. Returns A in [-1, 1], the environment's action and log b(A|S)."""
-        if run.global_step < args.learning_starts:
-            action = torch.rand(act_dim, generator=run.noise_gen) * 2 - 1
-            return action, action * agent.action_scale + agent.action_offset, torch.tensor(-act_dim * math.log(2))
-        return agent.act(obs, torch.randn(act_dim, generator=run.noise_gen))
+    first = Acting(*agent.act(torch.zeros(obs_dim), torch.zeros(act_dim)), torch.zeros(obs_dim), torch.tensor(True))
+    update = run.compile(agent, step_inputs(first, np.zeros(obs_dim), 0.0, False, agent.replay, args.batch_size,
+                                            torch.Generator()))
 
     def reset():
-        obs = agent.normalize(torch.from_numpy(np.asarray(run.reset_env(), dtype=np.float64)))
-        return (obs, *choose_action(obs))
+        obs = agent.normalize(torch.as_tensor(run.reset_env(), dtype=torch.float64))
+        return agent.explore(obs, torch.randn(act_dim, generator=run.noise_gen),
+                             torch.rand(act_dim, generator=run.noise_gen) * 2 - 1)
 
     with run.guard():  # Ctrl-C, SIGTERM, a non-finite value, a robot fault or a crash: saved, closed, reported
-        if run.stop_signal is None:  # Ctrl-C during start-up (connecting, compiling): the robot never moves
-            obs, action, env_action, log_prob = reset()
-        while run.global_step < args.total_timesteps and run.stop_signal is None:
-            raw_next_obs, reward, terminated, truncated, info = env.step(env_action.numpy())
-            culprit = run.count_step(reward, raw_next_obs)  # None, or which input is non-finite
-            scalars_np[0], scalars_np[1] = reward, terminated
-            raw_next_obs = torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64))
+        now = reset() if run.running() else None  # Ctrl-C while connecting or compiling: the robot never moves
+        while run.running():
+            raw_next_obs, reward, terminated, truncated, info = env.step(now.env_action.numpy())
             # ALGO LOGIC: store (S, A, R, S') and, after --learning-starts, one SAC update; then the next action
-            if culprit is None and run.global_step <= args.learning_starts:  # filling the buffer
-                next_obs = agent.observe(obs, action, log_prob, raw_next_obs, reward_t, terminated_t)
-                next_action, next_env_action, next_log_prob = choose_action(next_obs)
-            elif culprit is None:
-                indices = agent.replay.draw(args.batch_size, run.noise_gen)
-                noises = torch.randn(2, args.batch_size, act_dim, generator=run.noise_gen)
-                inputs = (obs, action, log_prob, raw_next_obs, reward_t, terminated_t, indices, noises,
-                          torch.randn(act_dim, generator=run.noise_gen))
-                next_action, next_env_action, next_log_prob, next_obs, ok = run.timed(step_fn, *inputs)
-                culprit = None if ok else "loss or gradient"
-            if culprit is not None:  # the update was not applied
-                run.nonfinite(culprit)  # --on-nonfinite stop ends the run here, saving the last good state
-                bad_obs = not torch.isfinite(raw_next_obs).all()
-                if culprit == "reward" and not bad_obs:  # S' is good: go on from it, without an update
-                    next_obs = agent.normalize(raw_next_obs)
-                    next_action, next_env_action, next_log_prob = choose_action(next_obs)
-                # cannot go on from a non-finite state, nor send a non-finite action: end the episode
-                terminated = terminated or bad_obs or not torch.isfinite(next_action).all().item()
-            # TRY NOT TO MODIFY: logging, episode ends, checkpoints
-            run.log_window(agent.metrics)
-            if terminated or truncated:
+            inputs = step_inputs(now, raw_next_obs, reward, terminated, agent.replay, args.batch_size, run.noise_gen)
+            learning = run.global_step > args.learning_starts
+            out = run.step(update if learning else agent.store, inputs, timed=learning)
+            # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            if run.episode_over(out, terminated, truncated):
                 agent.td_scaler.end_episode()
-                run.end_episode(info, agent.evaluation_action)  # and --eval-every
-                obs, action, env_action, log_prob = reset()
+                run.end_episode(info)  # and --eval-every, --checkpoint-every
+                now = reset()
             else:
-                obs, action, env_action, log_prob = next_obs, next_action, next_env_action, next_log_prob
-    return run.finish({"actor": agent.actor.state_dict(), "critic": agent.critic.state_dict(),
-                       "obs_stats": agent.obs_stats.state_dict()})
+                now = out
+    return run.finish()
 
 
 if __name__ == "__main__":
     cli_args = tyro.cli(Args)
-    with run_tools.one_line_errors(ALGO):
-        sys.exit(main(cli_args, run_tools.flags_given(sys.argv[1:], Args)))
+    with one_line_errors(ALGO):
+        sys.exit(main(cli_args, flags_given(sys.argv[1:], Args)))

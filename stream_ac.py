@@ -28,12 +28,12 @@ Choices where docs/algorithms.md is silent or where this script departs from the
   step's done flag before adding R, which carries an episode's last reward into the next episode's trace.
 - Sparse init zeroes ceil(0.9 fan_in) incoming weights of each unit, but keeps at least one: for fan_in < 10
   the authors' rule would zero a whole row (e.g. a 3-dim observation plus the time feature).
-Run machinery (checkpoints, resume, logs, compiling): run_tools.py and update_tools.py, as for every script.
+Run machinery (checkpoints, resume, logs, compiling): incremental_utils/, as for every script.
 """
 import math
 import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -42,14 +42,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-import run_tools
-from update_tools import MetricSums, ObGD, grad_and_aux
+from incremental_utils.errors import one_line_errors
+from incremental_utils.flags import RunArgs, check_args, flags_given, resume_args
+from incremental_utils.run import Run
+from incremental_utils.updates import MetricSums, ObGD, grad_and_aux
 
 ALGO = "stream_ac"
 
 
 @dataclass
-class Args(run_tools.RunArgs):
+class Args(RunArgs):
     actor_lr: float = 1.0
     """step size alpha of the actor's ObGD (the paper: 1.0)"""
     critic_lr: float = 1.0
@@ -82,8 +84,8 @@ class Args(run_tools.RunArgs):
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-# As in avg.py: all learner state is parameters and buffers of nn.Modules (state_dict() is the checkpoint, and
-# update_tools.compile_update() passes the state to the compiled graph); scalars are float64 tensors of shape (1,).
+# As in avg.py: all learner state is parameters and buffers of nn.Modules (state_dict() is the checkpoint;
+# incremental_utils/compiling.py says what else the compiler needs); scalars are float64 tensors of shape (1,).
 class RunningMeanVar(nn.Module):
     """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
@@ -225,6 +227,31 @@ class Critic(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- learner
+class StepInputs(NamedTuple):
+    """What one update reads, by name (built by step_inputs(), the same way for every step and for the compiler)."""
+    obs: torch.Tensor           # S, normalised, with its time feature
+    sample: torch.Tensor        # A as drawn (unclipped; discrete: the action's index)
+    raw_next_obs: torch.Tensor  # S' as the environment gave it (float64)
+    reward: torch.Tensor        # R
+    terminated: torch.Tensor    # 1.0 if S' ends the task, else 0.0; a time limit is not termination
+    next_t: torch.Tensor        # the time feature of S'
+    noise: torch.Tensor         # draws the next action: N(0, I), or U(0, 1) for a categorical draw
+
+
+class Acting(NamedTuple):
+    """Where the agent is between steps, S and the action it takes there: what an update returns, and reset()."""
+    action: torch.Tensor  # A for the environment (clipped to its bounds)
+    sample: torch.Tensor  # A as drawn
+    obs: torch.Tensor     # S, normalised, with its time feature
+    ok: torch.Tensor      # false when the update that led here was not applied (a non-finite value)
+
+
+def step_inputs(now, raw_next_obs, reward, terminated, next_t, noise):
+    """One update's inputs from where the agent is (`now`) and what the environment returned."""
+    return StepInputs(now.obs, now.sample, torch.as_tensor(raw_next_obs, dtype=torch.float64),
+                      torch.tensor(float(reward)), torch.tensor(float(terminated)), torch.tensor(float(next_t)), noise)
+
+
 class StreamAC(nn.Module):
     """The whole learner. forward() is one Stream AC(lambda) step; parameters and buffers are the complete state."""
 
@@ -303,19 +330,19 @@ class StreamAC(nn.Module):
         actor_loss = -(delta * log_pi + self.eta * delta.abs() * ent)
         return v + log_pi + self.eta * torch.sign(delta) * ent, (delta, actor_loss.detach(), ent.detach(), v.detach())
 
-    def forward(self, obs, sample, raw_next_obs, reward, terminated, next_t, noise):
-        """One Stream AC(lambda) update on (S, A, R, S') (algorithms.md 6), then the next action from the updated actor.
+    def acting(self, obs, noise, ok=True):
+        return Acting(*self.act(obs, noise), obs, torch.tensor(ok))
 
-        obs is S (normalised, with its time feature), sample the unclipped A, next_t the time feature of S';
-        noise draws the next action. An update with a non-finite value is not applied (ok=False)."""
-        next_obs = self.observe(raw_next_obs, next_t)
-        if self.reward_scale:
-            reward = self.reward_scaler(reward)
+    def forward(self, s: StepInputs):
+        """One Stream AC(lambda) update on (S, A, R, S') (algorithms.md 6), then the next action from the updated
+        actor. An update with a non-finite value is not applied (ok=False)."""
+        next_obs = self.observe(s.raw_next_obs, s.next_t)
+        reward = self.reward_scaler(s.reward) if self.reward_scale else s.reward
         reward_std = (self.reward_scaler.stats.var() + 1e-8).sqrt().float().reshape(())  # 1 when not scaling
-        discount = self.gamma * (1.0 - terminated)
+        discount = self.gamma * (1.0 - s.terminated)
         actor_params, critic_params = dict(self.actor.named_parameters()), dict(self.critic.named_parameters())
         (actor_grads, critic_grads), (delta, actor_loss, ent, v) = grad_and_aux(
-            self.objectives, (actor_params, critic_params), obs, sample, next_obs, reward, discount)
+            self.objectives, (actor_params, critic_params), s.obs, s.sample, next_obs, reward, discount)
         actor_step = self.actor_opt.propose(actor_grads, delta)
         critic_step = self.critic_opt.propose(critic_grads, delta)
         # The L1 norms sum every trace entry: finite norms mean finite traces, hence finite updates.
@@ -329,8 +356,7 @@ class StreamAC(nn.Module):
                               "health/actor_trace_l1": actor_step["norm"],
                               "health/critic_trace_l1": critic_step["norm"],
                               "health/reward_std": reward_std})
-        next_action, next_sample = self.act(next_obs, noise)
-        return next_action, next_sample, next_obs, ok
+        return Acting(*self.act(next_obs, s.noise), next_obs, ok)
 
     def end_episode(self):
         """Traces and the return trace restart at every episode end (termination or truncation)."""
@@ -350,75 +376,56 @@ def make_learner(env, args):
 
 
 # ---------------------------------------------------------------------------------------------------- run
+def policy_parts(agent):
+    """The modules a saved policy holds (--save-model, --init-from, scripts/evaluate.py)."""
+    return {"actor": agent.actor, "critic": agent.critic, "obs_stats": agent.obs_stats}
+
+
 def main(args, given=frozenset()):
-    args, checkpoint = run_tools.resume_args(args, given, ALGO)
-    run_tools.check_args(args, positive=("hidden_size", "actor_lr", "critic_lr", "kappa_policy", "kappa_value"),
-                         ranges={"gamma": lambda g: 0 <= g <= 1, "trace_lambda": lambda l: 0 <= l <= 1,
-                                 "entropy_coef": lambda e: e >= 0, "sparsity": lambda s: 0 <= s < 1,
-                                 "beta2": lambda b: 0 <= b < 1})
-    run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
+    args, checkpoint = resume_args(args, given, ALGO)
+    check_args(args, positive=("hidden_size", "actor_lr", "critic_lr", "kappa_policy", "kappa_value"),
+               ranges={"gamma": lambda g: 0 <= g <= 1, "trace_lambda": lambda l: 0 <= l <= 1,
+                       "entropy_coef": lambda e: e >= 0, "sparsity": lambda s: 0 <= s < 1, "beta2": lambda b: 0 <= b < 1})
+    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
     env = run.make_env(action_spaces=(gym.spaces.Box, gym.spaces.Discrete), finite_action_bounds=False,
                        images=True)  # continuous actions are clipped, not squashed
     agent = make_learner(env, args)
-    obs_shape, act_dim = env.observation_space.shape, run.shapes()[1]
+    obs_shape, noise_shape = env.observation_space.shape, () if agent.discrete else env.action_space.shape
     in_shape = (obs_shape[0] + 1,) if agent.time_feature else obs_shape
 
     def draw_noise():  # U(0, 1) for a categorical draw, N(0, I) for a Gaussian one
-        return torch.rand((), generator=run.noise_gen) if agent.discrete else torch.randn(act_dim,
+        return torch.rand((), generator=run.noise_gen) if agent.discrete else torch.randn(noise_shape,
                                                                                          generator=run.noise_gen)
     hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "gamma", "trace_lambda", "kappa_policy",
                                                  "kappa_value", "entropy_coef", "optimizer")}
-    run.start(agent, str(hyperparams))  # a resumed run's state restored; TensorBoard, wandb
+    run.start(agent, str(hyperparams), policy=agent.evaluation_action, parts=policy_parts(agent))
     if run.resumed:
         agent.end_episode()  # the partial episode at a mid-episode save is dropped
-    scalars = torch.zeros(3)  # reward, terminated and the time feature of S', written through a numpy view
-    scalars_np, reward_t, terminated_t, next_t = scalars.numpy(), scalars[0], scalars[1], scalars[2]
-    sample_shape = () if agent.discrete else (act_dim,)
-    step_fn = run.compile(agent, (torch.zeros(in_shape), torch.zeros(sample_shape, dtype=torch.long if agent.discrete
-                                                                       else torch.float32),
-                                  torch.zeros(obs_shape, dtype=torch.float64), reward_t, terminated_t, next_t,
-                                  torch.zeros(sample_shape)))
+    update = run.compile(agent, step_inputs(agent.acting(torch.zeros(in_shape), torch.zeros(noise_shape)),
+                                            np.zeros(obs_shape), 0.0, False, 0.0, torch.zeros(noise_shape)))
 
     def reset():
-        obs = agent.observe(torch.from_numpy(np.asarray(run.reset_env(), dtype=np.float64)), torch.tensor(-0.5))
-        action, sample = agent.act(obs, draw_noise())
-        return obs, action, sample
+        obs = agent.observe(torch.as_tensor(run.reset_env(), dtype=torch.float64), torch.tensor(-0.5))
+        return agent.acting(obs, draw_noise())
 
     with run.guard():  # Ctrl-C, SIGTERM, a non-finite value, a robot fault or a crash: saved, closed, reported
-        if run.stop_signal is None:  # Ctrl-C during start-up (connecting, compiling): the robot never moves
-            obs, action, sample = reset()
-        while run.global_step < args.total_timesteps and run.stop_signal is None:
-            raw_next_obs, reward, terminated, truncated, info = env.step(action.numpy())
-            culprit = run.count_step(reward, raw_next_obs)  # None, or which input is non-finite
-            scalars_np[:] = reward, terminated, run.episode_length / agent.time_limit - 0.5
-            noise = draw_noise()
-            raw_next_obs = torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64))
+        now = reset() if run.running() else None  # Ctrl-C while connecting or compiling: the robot never moves
+        while run.running():
+            raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
             # ALGO LOGIC: one Stream AC(lambda) update on (S, A, R, S'), and the next action from the updated actor
-            if culprit is None:
-                inputs = (obs, sample, raw_next_obs, reward_t, terminated_t, next_t, noise)
-                next_action, next_sample, next_obs, ok = run.timed(step_fn, *inputs)
-                culprit = None if ok else "loss or gradient"
-            if culprit is not None:  # the update was not applied
-                run.nonfinite(culprit)  # --on-nonfinite stop ends the run here, saving the last good state
-                bad_obs = not torch.isfinite(raw_next_obs).all()
-                if culprit == "reward" and not bad_obs:  # S' is good: go on from it, without an update
-                    next_obs = agent.observe(raw_next_obs, next_t)
-                    next_action, next_sample = agent.act(next_obs, noise)
-                # cannot go on from a non-finite state, nor send a non-finite action: end the episode
-                terminated = terminated or bad_obs or not torch.isfinite(next_action.float()).all().item()
-            # TRY NOT TO MODIFY: logging, episode ends, checkpoints
-            run.log_window(agent.metrics)
-            if terminated or truncated:
+            next_t = run.episode_length / agent.time_limit - 0.5
+            out = run.step(update, step_inputs(now, raw_next_obs, reward, terminated, next_t, draw_noise()))
+            # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            if run.episode_over(out, terminated, truncated):
                 agent.end_episode()
-                run.end_episode(info, agent.evaluation_action)  # and --eval-every
-                obs, action, sample = reset()
+                run.end_episode(info)  # and --eval-every, --checkpoint-every
+                now = reset()
             else:
-                obs, action, sample = next_obs, next_action, next_sample
-    return run.finish({"actor": agent.actor.state_dict(), "critic": agent.critic.state_dict(),
-                       "obs_stats": agent.obs_stats.state_dict()})
+                now = out
+    return run.finish()
 
 
 if __name__ == "__main__":
     cli_args = tyro.cli(Args)
-    with run_tools.one_line_errors(ALGO):
-        sys.exit(main(cli_args, run_tools.flags_given(sys.argv[1:], Args)))
+    with one_line_errors(ALGO):
+        sys.exit(main(cli_args, flags_given(sys.argv[1:], Args)))

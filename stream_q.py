@@ -32,12 +32,12 @@ Choices where docs/algorithms.md is silent, or where this script departs from th
   and u restart at every episode end. Classic control keeps the environment's own time limit (the authors' script
   raises it to 10,000 steps); a time feature, -0.5 + t / time limit, is appended to vector observations.
 - Sparse init keeps at least one incoming weight per unit (as stream_ac.py does).
-Run machinery (checkpoints, resume, logs, compiling): run_tools.py and update_tools.py, as for every script.
+Run machinery (checkpoints, resume, logs, compiling): incremental_utils/, as for every script.
 """
 import math
 import sys
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, NamedTuple, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -46,17 +46,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-import run_tools
-from update_tools import MetricSums, ObGD, grad_and_aux
+from incremental_utils.errors import one_line_errors
+from incremental_utils.flags import RunArgs, check_args, flags_given, resume_args
+from incremental_utils.run import Run
+from incremental_utils.updates import MetricSums, ObGD, grad_and_aux
 
 ALGO = "stream_q"
 
 
 @dataclass
-class Args(run_tools.RunArgs):
+class Args(RunArgs):
     env: str = "CartPole-v1"
-    """gymnasium id with discrete actions: classic control (CartPole-v1), MinAtar (MinAtar/Breakout-v1), Atari
-    (ALE/Breakout-v5)"""
+    """gymnasium id with discrete actions: CartPole-v1, MinAtar/Breakout-v1, ALE/Breakout-v5 (Atari), ..."""
     total_timesteps: int = 5_000_000
     """environment steps to run (the paper's MinAtar runs: 5M)"""
     sarsa: bool = False
@@ -74,8 +75,7 @@ class Args(run_tools.RunArgs):
     epsilon_end: float = 0.01
     """exploration rate after --exploration-fraction of the budget"""
     exploration_fraction: Optional[float] = None
-    """fraction of --total-timesteps over which epsilon falls; unset: 0.05 for vector observations, 0.2 for images
-    (the authors' defaults)"""
+    """fraction of --total-timesteps over which epsilon falls; unset: the authors' 0.05 for vectors, 0.2 for images"""
     hidden_size: Optional[int] = None
     """width of the hidden layers; unset: 32 for vector observations, 128 for images (the authors' defaults)"""
     sparsity: float = 0.9
@@ -111,7 +111,7 @@ def epsilon_at(step, args):
 
 # ---------------------------------------------------------------------------------------------- statistics
 # As in stream_ac.py: all learner state is parameters and buffers of nn.Modules (state_dict() is the checkpoint, and
-# update_tools.compile_update() passes the state to the compiled graph); scalars are float64 tensors of shape (1,).
+# incremental_utils/compiling.py says what else the compiler needs); scalars are float64 tensors of shape (1,).
 class RunningMeanVar(nn.Module):
     """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
@@ -210,6 +210,36 @@ class QNetwork(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- learner
+class StepInputs(NamedTuple):
+    """What one update reads, by name (built by step_inputs(), the same way for every step and for the compiler)."""
+    obs: torch.Tensor            # S, normalised, with its time feature
+    action: torch.Tensor         # A
+    greedy: torch.Tensor         # whether A was the greedy action when drawn
+    raw_next_obs: torch.Tensor   # S' as the environment gave it (float64)
+    reward: torch.Tensor         # R
+    terminated: torch.Tensor     # 1.0 if S' ends the task, else 0.0; a time limit is not termination
+    next_t: torch.Tensor         # the time feature of S'
+    coin: torch.Tensor           # U(0, 1): A' explores when coin < epsilon
+    random_action: torch.Tensor  # A' when it explores
+    epsilon: torch.Tensor        # the exploration rate for A'
+
+
+class Acting(NamedTuple):
+    """Where the agent is between steps, S and the action it takes there: what an update returns, and reset()."""
+    action: torch.Tensor  # A
+    greedy: torch.Tensor  # whether A is the greedy action
+    obs: torch.Tensor     # S, normalised, with its time feature
+    ok: torch.Tensor      # false when the update that led here was not applied (a non-finite value)
+
+
+def step_inputs(now, raw_next_obs, reward, terminated, next_t, epsilon, n_actions, generator):
+    """One update's inputs from where the agent is (`now`) and what the environment returned."""
+    return StepInputs(now.obs, now.action, now.greedy, torch.as_tensor(raw_next_obs, dtype=torch.float64),
+                      torch.tensor(float(reward)), torch.tensor(float(terminated)), torch.tensor(float(next_t)),
+                      torch.rand((), generator=generator), torch.randint(n_actions, (), generator=generator),
+                      torch.tensor(float(epsilon)))
+
+
 class StreamQ(nn.Module):
     """The whole learner. forward() is one Stream Q(lambda) or SARSA(lambda) step; parameters and buffers are the
     complete state."""
@@ -259,35 +289,36 @@ class StreamQ(nn.Module):
         q = torch.func.functional_call(self.q_net, params[0], (obs,)).gather(0, action.reshape(1)).squeeze(0)
         return q, q.detach()
 
-    def forward(self, obs, action, greedy, raw_next_obs, reward, terminated, next_t, coin, random_action, epsilon):
-        """One update on (S, A, R, S') (algorithms.md 9), and the next action A'. obs is S (normalised, with its time
-        feature), greedy whether A was greedy when drawn; coin ~ U(0, 1) < epsilon means A' explores, drawn as
-        random_action. An update with a non-finite value is not applied (ok=False)."""
-        next_obs = self.observe(raw_next_obs, next_t)
-        if self.reward_scale:
-            reward = self.reward_scaler(reward)
+    def acting(self, obs, explore, random_action, ok=True):
+        return Acting(*self.act(self.q_net(obs), explore, random_action), obs, torch.tensor(ok))
+
+    def forward(self, s: StepInputs):
+        """One update on (S, A, R, S') (algorithms.md 9), and the next action A' (it explores when s.coin <
+        s.epsilon, as s.random_action). An update with a non-finite value is not applied (ok=False)."""
+        next_obs = self.observe(s.raw_next_obs, s.next_t)
+        reward = self.reward_scaler(s.reward) if self.reward_scale else s.reward
         reward_std = (self.reward_scaler.stats.var() + 1e-8).sqrt().float().reshape(())  # 1 when not scaling
         params = dict(self.q_net.named_parameters())
-        (grads,), q = grad_and_aux(self.q_taken, (params,), obs, action)
-        explore = coin < epsilon
+        (grads,), q = grad_and_aux(self.q_taken, (params,), s.obs, s.action)
+        explore = s.coin < s.epsilon
         with torch.no_grad():
             next_q = self.q_net(next_obs)  # before the update
         if self.sarsa:
-            next_action, next_greedy = self.act(next_q, explore, random_action)
+            next_action, next_greedy = self.act(next_q, explore, s.random_action)
             target = next_q.gather(0, next_action.reshape(1)).squeeze(0)
         else:
             target = next_q.max()
-        delta = reward + self.gamma * (1.0 - terminated) * target - q
-        cut = torch.ones(()) if self.sarsa else greedy.float()  # Watkins: no credit past an exploratory action
+        delta = reward + self.gamma * (1.0 - s.terminated) * target - q
+        cut = torch.ones(()) if self.sarsa else s.greedy.float()  # Watkins: no credit past an exploratory action
         step = self.opt.propose(grads, delta, cut)
         ok = torch.isfinite(delta + step["norm"])
         self.opt.apply(params, step, delta, ok)
-        self.metrics.add(ok, {"losses/td_loss": delta.square(), "losses/q_values": q, "charts/epsilon": epsilon,
+        self.metrics.add(ok, {"losses/td_loss": delta.square(), "losses/q_values": q, "charts/epsilon": s.epsilon,
                               "health/step_size": step["step_size"], "health/trace_l1": step["norm"],
                               "health/reward_std": reward_std})
         if not self.sarsa:
-            next_action, next_greedy = self.act(self.q_net(next_obs), explore, random_action)
-        return next_action, next_greedy, next_obs, ok
+            next_action, next_greedy = self.act(self.q_net(next_obs), explore, s.random_action)
+        return Acting(next_action, next_greedy, next_obs, ok)
 
     def end_episode(self):
         """The trace and the return trace restart at every episode end (termination or truncation)."""
@@ -303,71 +334,56 @@ def make_learner(env, args):
 
 
 # ---------------------------------------------------------------------------------------------------- run
+def policy_parts(agent):
+    """The modules a saved policy holds (--save-model, --init-from, scripts/evaluate.py)."""
+    return {"q_net": agent.q_net, "obs_stats": agent.obs_stats}
+
+
 def main(args, given=frozenset()):
-    args, checkpoint = run_tools.resume_args(args, given, ALGO)
+    args, checkpoint = resume_args(args, given, ALGO)
     unit = lambda x: 0 <= x <= 1  # noqa: E731
-    run_tools.check_args(args, positive=("lr", "kappa", "hidden_size"),
-                         ranges={"gamma": unit, "trace_lambda": unit, "epsilon_start": unit, "epsilon_end": unit,
-                                 "exploration_fraction": unit, "sparsity": lambda s: 0 <= s < 1,
-                                 "beta2": lambda b: 0 <= b < 1})
-    run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
+    check_args(args, positive=("lr", "kappa", "hidden_size"),
+               ranges={"gamma": unit, "trace_lambda": unit, "epsilon_start": unit, "epsilon_end": unit,
+                       "exploration_fraction": unit, "sparsity": lambda s: 0 <= s < 1, "beta2": lambda b: 0 <= b < 1})
+    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
     env = run.make_env(action_spaces=(gym.spaces.Discrete,), images=True)
     agent = make_learner(env, args)
     obs_shape, n_actions = env.observation_space.shape, int(env.action_space.n)
     hyperparams = {k: getattr(args, k) for k in ("sarsa", "lr", "gamma", "trace_lambda", "kappa", "epsilon_end",
                                                  "exploration_fraction", "hidden_size", "optimizer")}
-    run.start(agent, f"Stream {'SARSA' if args.sarsa else 'Q'}(lambda), {hyperparams}")
+    run.start(agent, f"Stream {'SARSA' if args.sarsa else 'Q'}(lambda), {hyperparams}", policy=agent.evaluation_action,
+              parts=policy_parts(agent))
     if run.resumed:
         agent.end_episode()  # the partial episode at a mid-episode save is dropped
-    scalars = torch.zeros(5)  # reward, terminated, time feature of S', coin, epsilon: written through a numpy view
-    scalars_np, (reward_t, terminated_t, next_t, coin_t, epsilon_t) = scalars.numpy(), scalars.unbind()
     in_shape = (obs_shape[0] + 1,) if args.time_feature else obs_shape
-    step_fn = run.compile(agent, (torch.zeros(in_shape), torch.zeros((), dtype=torch.long),
-                                  torch.ones((), dtype=torch.bool), torch.zeros(obs_shape, dtype=torch.float64),
-                                  reward_t, terminated_t, next_t, coin_t, torch.zeros((), dtype=torch.long), epsilon_t))
+    first = agent.acting(torch.zeros(in_shape), torch.tensor(False), torch.zeros((), dtype=torch.long))
+    update = run.compile(agent, step_inputs(first, np.zeros(obs_shape), 0.0, False, 0.0, 1.0, n_actions,
+                                            torch.Generator()))
 
     def reset():
-        obs = agent.observe(torch.from_numpy(np.asarray(run.reset_env(), dtype=np.float64)), torch.tensor(-0.5))
+        obs = agent.observe(torch.as_tensor(run.reset_env(), dtype=torch.float64), torch.tensor(-0.5))
         explore = torch.rand((), generator=run.noise_gen) < epsilon_at(run.global_step + 1, args)
-        action, greedy = agent.act(agent.q_net(obs), explore, torch.randint(n_actions, (), generator=run.noise_gen))
-        return obs, action, greedy
+        return agent.acting(obs, explore, torch.randint(n_actions, (), generator=run.noise_gen))
 
     with run.guard():  # Ctrl-C, SIGTERM, a non-finite value, a robot fault or a crash: saved, closed, reported
-        if run.stop_signal is None:
-            obs, action, greedy = reset()
-        while run.global_step < args.total_timesteps and run.stop_signal is None:
-            raw_next_obs, reward, terminated, truncated, info = env.step(action.numpy())
-            culprit = run.count_step(reward, raw_next_obs)  # None, or which input is non-finite
-            coin = torch.rand((), generator=run.noise_gen)
-            random_action = torch.randint(n_actions, (), generator=run.noise_gen)
-            scalars_np[:] = (reward, terminated, run.episode_length / agent.time_limit - 0.5, coin,
-                             epsilon_at(run.global_step + 1, args))
-            raw_next_obs = torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64))
+        now = reset() if run.running() else None
+        while run.running():
+            raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
             # ALGO LOGIC: one Stream Q(lambda) / SARSA(lambda) update on (S, A, R, S'), and the next action
-            if culprit is None:
-                inputs = (obs, action, greedy, raw_next_obs, reward_t, terminated_t, next_t, coin_t, random_action,
-                          epsilon_t)
-                next_action, next_greedy, next_obs, ok = run.timed(step_fn, *inputs)
-                culprit = None if ok else "loss or gradient"
-            if culprit is not None:  # the update was not applied
-                run.nonfinite(culprit)  # --on-nonfinite stop ends the run here, saving the last good state
-                bad_obs = not torch.isfinite(raw_next_obs).all()
-                if culprit == "reward" and not bad_obs:  # S' is good: go on from it, without an update
-                    next_obs = agent.observe(raw_next_obs, next_t)
-                    next_action, next_greedy = agent.act(agent.q_net(next_obs), coin < epsilon_t, random_action)
-                terminated = terminated or bad_obs  # cannot go on from a non-finite state: end the episode
-            # TRY NOT TO MODIFY: logging, episode ends, checkpoints
-            run.log_window(agent.metrics)
-            if terminated or truncated:
+            next_t, epsilon = run.episode_length / agent.time_limit - 0.5, epsilon_at(run.global_step + 1, args)
+            inputs = step_inputs(now, raw_next_obs, reward, terminated, next_t, epsilon, n_actions, run.noise_gen)
+            out = run.step(update, inputs)
+            # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            if run.episode_over(out, terminated, truncated):
                 agent.end_episode()
-                run.end_episode(info, agent.evaluation_action)  # and --eval-every
-                obs, action, greedy = reset()
+                run.end_episode(info)  # and --eval-every, --checkpoint-every
+                now = reset()
             else:
-                obs, action, greedy = next_obs, next_action, next_greedy
-    return run.finish({"q_net": agent.q_net.state_dict(), "obs_stats": agent.obs_stats.state_dict()})
+                now = out
+    return run.finish()
 
 
 if __name__ == "__main__":
     cli_args = tyro.cli(Args)
-    with run_tools.one_line_errors(ALGO):
-        sys.exit(main(cli_args, run_tools.flags_given(sys.argv[1:], Args)))
+    with one_line_errors(ALGO):
+        sys.exit(main(cli_args, flags_given(sys.argv[1:], Args)))

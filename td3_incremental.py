@@ -8,13 +8,13 @@ transition) by default, batch TD3 with the usual settings, and every size in bet
 A deterministic actor with Gaussian exploration noise, twin critics, target policy smoothing, delayed actor and
 target updates (Fujimoto et al. 2018); one critic update per environment step. The AVG paper (arXiv
 2411.15370) compares AVG with TD3-1 and batch TD3, and adds the three normalisation/scaling techniques to make
-TD3-1+ (docs/algorithms.md 2-5). Run machinery (checkpoints, resume, logs, compiling): run_tools.py and
-update_tools.py, as for every script.
+TD3-1+ (docs/algorithms.md 2-5). Run machinery (checkpoints, resume, logs, compiling):
+incremental_utils/, as for every script.
 """
 import copy
 import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -22,14 +22,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-import run_tools
-from update_tools import Adam, MetricSums, ReplayBuffer, all_finite, grad_and_aux
+from incremental_utils.errors import RunError, one_line_errors
+from incremental_utils.flags import RunArgs, check_args, flags_given, resume_args
+from incremental_utils.run import Run
+from incremental_utils.updates import Adam, MetricSums, ReplayBuffer, all_finite, grad_and_aux
 
 ALGO = "td3_incremental"
 
 
 @dataclass
-class Args(run_tools.RunArgs):
+class Args(RunArgs):
     buffer_size: int = 1
     """replay buffer capacity in transitions (1: TD3-1; the batch baseline uses 1000000)"""
     batch_size: int = 1
@@ -66,9 +68,8 @@ class Args(run_tools.RunArgs):
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-# Every piece of learner state is a parameter or buffer of an nn.Module, so state_dict() is a complete
-# checkpoint and update_tools.compile_update() can trace the update with the state as graph inputs. Scalars are float64
-# tensors of shape (1,).
+# Every piece of learner state is a parameter or buffer of an nn.Module, so state_dict() is a complete checkpoint
+# (incremental_utils/compiling.py says what else the compiler needs). Scalars are float64 tensors of shape (1,).
 class RunningMeanVar(nn.Module):
     """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
@@ -175,6 +176,36 @@ class TwinCritics(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- learner
+class StepInputs(NamedTuple):
+    """What one step reads, by name (built by step_inputs(), the same way for every step and for the compiler)."""
+    obs: torch.Tensor              # S, normalised
+    action: torch.Tensor           # A in [-1, 1], as stored
+    raw_next_obs: torch.Tensor     # S' as the environment gave it (float64)
+    reward: torch.Tensor           # R
+    terminated: torch.Tensor       # 1.0 if S' ends the task, else 0.0; a time limit is not termination
+    indices: torch.Tensor          # which stored transitions make the batch
+    smoothing_noise: torch.Tensor  # (batch, |A|), N(0, I): the target policy smoothing
+    next_noise: torch.Tensor       # N(0, I): the next action's exploration noise
+    uniform: torch.Tensor          # U(-1, 1): the next action while the buffer is still filling
+
+
+class Acting(NamedTuple):
+    """Where the agent is between steps, S and the action it takes there: what a step returns, and reset()."""
+    action: torch.Tensor      # A in [-1, 1] (as stored and seen by the critics)
+    env_action: torch.Tensor  # A in the environment's bounds
+    obs: torch.Tensor         # S, normalised
+    ok: torch.Tensor          # false when the update that led here was not applied (a non-finite loss or gradient)
+
+
+def step_inputs(now, raw_next_obs, reward, terminated, replay, batch_size, generator):
+    """One step's inputs from where the agent is (`now`) and what the environment returned."""
+    act_dim = now.action.shape[0]
+    return StepInputs(now.obs, now.action, torch.as_tensor(raw_next_obs, dtype=torch.float64),
+                      torch.tensor(float(reward)), torch.tensor(float(terminated)), replay.draw(batch_size, generator),
+                      torch.randn(batch_size, act_dim, generator=generator), torch.randn(act_dim, generator=generator),
+                      torch.rand(act_dim, generator=generator) * 2 - 1)
+
+
 class TD3(nn.Module):
     """The whole learner. forward() stores a transition and makes one update; parameters and buffers (the
     replay buffer included) are the complete state."""
@@ -191,6 +222,7 @@ class TD3(nn.Module):
         self.obs_stats = RunningMeanVar((obs_dim,))
         self.td_scaler = TDErrorScaler()
         self.gamma, self.tau, self.policy_delay = args.gamma, args.tau, args.policy_delay
+        self.learning_starts = args.learning_starts
         self.exploration_noise, self.policy_noise, self.noise_clip = (args.exploration_noise, args.policy_noise,
                                                                       args.noise_clip)
         self.obs_norm, self.scale_td = args.obs_norm, args.scale_td
@@ -213,6 +245,13 @@ class TD3(nn.Module):
         action = (self.actor(obs) + self.exploration_noise * noise).clamp(-1, 1)
         return action, action * self.action_scale + self.action_offset
 
+    def explore(self, obs, noise, uniform, ok=True):
+        """The behaviour policy, as an Acting: uniformly random actions until the buffer holds --learning-starts
+        transitions, then the actor's with exploration noise."""
+        if int(self.replay.added) < self.learning_starts:
+            return Acting(uniform, uniform * self.action_scale + self.action_offset, obs, torch.tensor(ok))
+        return Acting(*self.act(obs, noise), obs, torch.tensor(ok))
+
     @torch.no_grad()
     def evaluation_action(self, raw_obs, episode_step, generator=None):
         """The environment's action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation
@@ -222,12 +261,16 @@ class TD3(nn.Module):
                                                                                             generator=generator)
         return self.act(obs, noise)[1]
 
-    def observe(self, obs, action, raw_next_obs, reward, terminated):
+    def observe(self, s: StepInputs):
         """Normalises S', feeds the TD-error scale statistics and stores (S, A, R, S', terminated). Returns S'."""
-        next_obs = self.normalize(raw_next_obs)
-        self.td_scaler.update(reward.double(), (self.gamma * (1.0 - terminated)).double())
-        self.replay.add(obs, action, reward, next_obs, terminated)
+        next_obs = self.normalize(s.raw_next_obs)
+        self.td_scaler.update(s.reward.double(), (self.gamma * (1.0 - s.terminated)).double())
+        self.replay.add(s.obs, s.action, s.reward, next_obs, s.terminated)
         return next_obs
+
+    def store(self, s: StepInputs):
+        """Before --learning-starts: stores (S, A, R, S') without an update; the next action from explore()."""
+        return self.explore(self.observe(s), s.next_noise, s.uniform)
 
     def critic_loss(self, params, obs, action, target, sigma):
         q1, q2 = torch.func.functional_call(self.critic, params[0], (obs, action))
@@ -239,18 +282,16 @@ class TD3(nn.Module):
         loss = -self.critic.q1(obs, action).mean()
         return loss, loss.detach()
 
-    def forward(self, obs, action, raw_next_obs, reward, terminated, indices, smoothing_noise, next_noise):
-        """Stores (S, A, R, S') and makes one TD3 critic update on the stored transitions at `indices` (the
+    def forward(self, s: StepInputs):
+        """Stores (S, A, R, S') and makes one TD3 critic update on the stored transitions at s.indices (the
         latest one for TD3-1); every --policy-delay updates also the actor (against the updated critics) and
-        the targets. smoothing_noise is standard normal noise for the target policy smoothing, next_noise the
-        exploration noise of the next action. Parts with a non-finite loss or gradient are not applied. The
-        actor's gradient is computed on every step and applied on its turn only: one compiled graph serves all
-        steps."""
-        next_obs = self.observe(obs, action, raw_next_obs, reward, terminated)
+        the targets. Parts with a non-finite loss or gradient are not applied. The actor's gradient is computed
+        on every step and applied on its turn only: one compiled graph serves all steps."""
+        next_obs = self.observe(s)
         sigma = self.td_scaler.sigma() if self.scale_td else torch.ones(())
-        batch_obs, batch_action, batch_reward, batch_next_obs, batch_terminated = self.replay.sample(indices)
+        batch_obs, batch_action, batch_reward, batch_next_obs, batch_terminated = self.replay.sample(s.indices)
         with torch.no_grad():
-            smoothing = (self.policy_noise * smoothing_noise).clamp(-self.noise_clip, self.noise_clip)
+            smoothing = (self.policy_noise * s.smoothing_noise).clamp(-self.noise_clip, self.noise_clip)
             next_action = (self.actor_target(batch_next_obs) + smoothing).clamp(-1, 1)
             next_q = torch.minimum(*self.critic_target(batch_next_obs, next_action))
             target = batch_reward + self.gamma * (1.0 - batch_terminated) * next_q
@@ -271,8 +312,7 @@ class TD3(nn.Module):
         self.critic_metrics.add(ok, {"losses/critic_loss": critic_loss, "health/abs_q": abs_q,
                                      "health/td_sigma": sigma})
         self.actor_metrics.add(actors_turn, {"losses/actor_loss": actor_loss})
-        next_action, next_env_action = self.act(next_obs, next_noise)
-        return next_action, next_env_action, next_obs, ok & actor_ok
+        return Acting(*self.act(next_obs, s.next_noise), next_obs, ok & actor_ok)
 
 
 def make_learner(env, args):
@@ -282,86 +322,59 @@ def make_learner(env, args):
 
 
 # ---------------------------------------------------------------------------------------------------- run
+def policy_parts(agent):
+    """The modules a saved policy holds (--save-model, --init-from, scripts/evaluate.py)."""
+    return {"actor": agent.actor, "critic": agent.critic, "obs_stats": agent.obs_stats}
+
+
 def main(args, given=frozenset()):
-    args, checkpoint = run_tools.resume_args(args, given, ALGO)
-    run_tools.check_args(args, positive=("hidden_size", "buffer_size", "batch_size", "actor_lr", "critic_lr",
-                                         "policy_delay"),
-                         ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1,
-                                 "tau": lambda t: 0 < t <= 1, "exploration_noise": lambda s: s >= 0,
-                                 "policy_noise": lambda s: s >= 0, "noise_clip": lambda c: c >= 0,
-                                 "learning_starts": lambda n: n >= 0})
+    args, checkpoint = resume_args(args, given, ALGO)
+    check_args(args, positive=("hidden_size", "buffer_size", "batch_size", "actor_lr", "critic_lr", "policy_delay"),
+               ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1, "tau": lambda t: 0 < t <= 1,
+                       "exploration_noise": lambda s: s >= 0, "policy_noise": lambda s: s >= 0,
+                       "noise_clip": lambda c: c >= 0, "learning_starts": lambda n: n >= 0})
     if args.batch_size > args.buffer_size:
-        raise run_tools.RunError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
-    run = run_tools.Run(ALGO, args, checkpoint)  # run directory, args.json, seeding, Ctrl-C/SIGTERM handlers
-    env = run.make_env(finite_action_bounds=True)
-    obs_dim, act_dim = run.shapes()
+        raise RunError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
+    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
+    env = run.make_env(finite_action_bounds=True)  # its step() counts steps and checks rewards and observations
     agent = make_learner(env, args)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     hyperparams = {k: getattr(args, k) for k in ("buffer_size", "batch_size", "learning_starts", "actor_lr",
                                                   "critic_lr", "gamma", "tau", "policy_delay")}
-    run.start(agent, str(hyperparams))  # a resumed run's state restored; TensorBoard, wandb
+    run.start(agent, str(hyperparams), policy=agent.evaluation_action, parts=policy_parts(agent))
     if run.resumed:
         agent.td_scaler.episode_return.zero_()  # the partial episode at a mid-episode save is dropped
     elif args.init_from:
         agent.actor_target.load_state_dict(agent.actor.state_dict())
         agent.critic_target.load_state_dict(agent.critic.state_dict())
-    scalars = torch.zeros(2)  # reward and terminated, written through a numpy view each step
-    scalars_np, reward_t, terminated_t = scalars.numpy(), scalars[0], scalars[1]
-    step_fn = run.compile(agent, (torch.zeros(obs_dim), torch.zeros(act_dim), torch.zeros(obs_dim, dtype=torch.float64),
-                                  reward_t, terminated_t, torch.zeros(args.batch_size, dtype=torch.long),
-                                  torch.zeros(args.batch_size, act_dim), torch.zeros(act_dim)))
-
-    def choose_action(obs):
-        """Uniformly random actions until --learning-starts, then the policy's with exploration noise. Returns A
-        in [-1, 1] and the environment's action."""
-        if run.global_step < args.learning_starts:
-            action = torch.rand(act_dim, generator=run.noise_gen) * 2 - 1
-            return action, action * agent.action_scale + agent.action_offset
-        return agent.act(obs, torch.randn(act_dim, generator=run.noise_gen))
+    first = Acting(*agent.act(torch.zeros(obs_dim), torch.zeros(act_dim)), torch.zeros(obs_dim), torch.tensor(True))
+    update = run.compile(agent, step_inputs(first, np.zeros(obs_dim), 0.0, False, agent.replay, args.batch_size,
+                                            torch.Generator()))
 
     def reset():
-        obs = agent.normalize(torch.from_numpy(np.asarray(run.reset_env(), dtype=np.float64)))
-        return (obs, *choose_action(obs))
+        obs = agent.normalize(torch.as_tensor(run.reset_env(), dtype=torch.float64))
+        return agent.explore(obs, torch.randn(act_dim, generator=run.noise_gen),
+                             torch.rand(act_dim, generator=run.noise_gen) * 2 - 1)
 
     with run.guard():  # Ctrl-C, SIGTERM, a non-finite value, a robot fault or a crash: saved, closed, reported
-        if run.stop_signal is None:  # Ctrl-C during start-up (connecting, compiling): the robot never moves
-            obs, action, env_action = reset()
-        while run.global_step < args.total_timesteps and run.stop_signal is None:
-            raw_next_obs, reward, terminated, truncated, info = env.step(env_action.numpy())
-            culprit = run.count_step(reward, raw_next_obs)  # None, or which input is non-finite
-            scalars_np[0], scalars_np[1] = reward, terminated
-            raw_next_obs = torch.from_numpy(np.asarray(raw_next_obs, dtype=np.float64))
+        now = reset() if run.running() else None  # Ctrl-C while connecting or compiling: the robot never moves
+        while run.running():
+            raw_next_obs, reward, terminated, truncated, info = env.step(now.env_action.numpy())
             # ALGO LOGIC: store (S, A, R, S') and, after --learning-starts, one TD3 update; then the next action
-            if culprit is None and run.global_step <= args.learning_starts:  # filling the buffer
-                next_obs = agent.observe(obs, action, raw_next_obs, reward_t, terminated_t)
-                next_action, next_env_action = choose_action(next_obs)
-            elif culprit is None:
-                indices = agent.replay.draw(args.batch_size, run.noise_gen)
-                inputs = (obs, action, raw_next_obs, reward_t, terminated_t, indices,
-                          torch.randn(args.batch_size, act_dim, generator=run.noise_gen),
-                          torch.randn(act_dim, generator=run.noise_gen))
-                next_action, next_env_action, next_obs, ok = run.timed(step_fn, *inputs)
-                culprit = None if ok else "loss or gradient"
-            if culprit is not None:  # the update was not applied
-                run.nonfinite(culprit)  # --on-nonfinite stop ends the run here, saving the last good state
-                bad_obs = not torch.isfinite(raw_next_obs).all()
-                if culprit == "reward" and not bad_obs:  # S' is good: go on from it, without an update
-                    next_obs = agent.normalize(raw_next_obs)
-                    next_action, next_env_action = choose_action(next_obs)
-                # cannot go on from a non-finite state, nor send a non-finite action: end the episode
-                terminated = terminated or bad_obs or not torch.isfinite(next_action).all().item()
-            # TRY NOT TO MODIFY: logging, episode ends, checkpoints
-            run.log_window(agent.critic_metrics, agent.actor_metrics)
-            if terminated or truncated:
+            inputs = step_inputs(now, raw_next_obs, reward, terminated, agent.replay, args.batch_size, run.noise_gen)
+            learning = run.global_step > args.learning_starts
+            out = run.step(update if learning else agent.store, inputs, timed=learning)
+            # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            if run.episode_over(out, terminated, truncated):
                 agent.td_scaler.end_episode()
-                run.end_episode(info, agent.evaluation_action)  # and --eval-every
-                obs, action, env_action = reset()
+                run.end_episode(info)  # and --eval-every, --checkpoint-every
+                now = reset()
             else:
-                obs, action, env_action = next_obs, next_action, next_env_action
-    return run.finish({"actor": agent.actor.state_dict(), "critic": agent.critic.state_dict(),
-                       "obs_stats": agent.obs_stats.state_dict()})
+                now = out
+    return run.finish()
 
 
 if __name__ == "__main__":
     cli_args = tyro.cli(Args)
-    with run_tools.one_line_errors(ALGO):
-        sys.exit(main(cli_args, run_tools.flags_given(sys.argv[1:], Args)))
+    with one_line_errors(ALGO):
+        sys.exit(main(cli_args, flags_given(sys.argv[1:], Args)))

@@ -2,22 +2,34 @@
 
     python scripts/bench.py                      # all scripts, compiled and eager (Hopper-v4; stream_q.py on MinAtar)
     python scripts/bench.py --algos avg --steps 60000 --modes on
+    python scripts/bench.py --algos stream_q --modes on --reference ~/src/streaming-drl --reference-steps 300000
 
 For each script and compile mode it runs `<algo>.py --env ENV` for --steps steps, pinned to one CPU, and reads
 back what the script logged (TensorBoard): environment steps per second and update latency (median and 99th
-percentile, in microseconds) over the log windows after the first --warmup steps; its peak resident memory;
-and the size of the learner's state (parameters, optimiser moments, normaliser and scaler statistics, traces;
-the replay buffer of sac/td3 in its own column) from a checkpoint it writes. The replay buffer of batch SAC at 1M
-transitions is shown beside it for scale.
-Prints a Markdown table. Not a test: timings depend on the machine and on what else runs on it.
+percentile, in microseconds) over the log windows after the first --warmup steps; the peak resident memory of the
+run (the largest of the script and the processes it started, as `/usr/bin/time -v` reports it); and the size of the
+learner's state (parameters, optimiser moments, normaliser and scaler statistics, traces; the replay buffer of
+sac/td3 in its own column) from a checkpoint it writes. A compiled row is refused, not printed, when the run's
+args.json says its update fell back to eager.
+
+--reference DIR times the authors' released scripts from a checkout of theirs (gauthamvasan/avg: avg.py;
+mohmdelsayed/streaming-drl: stream_q_minatar.py, stream_ac_continuous.py) beside ours in the same invocation, on the
+same CPU and environment, for --reference-steps steps each, and prints the ratio. Both are timed the same way: wall
+clock between the step counters each prints after the warm-up (ours: the console line; theirs: their episode lines).
+Their code is run from DIR as it is, through a launcher that sets one torch thread, registers MinAtar's ids and lets
+gymnasium 1.x's episode statistics be indexed as the 0.29 ones were; nothing of theirs is copied here.
+Prints Markdown tables. Not a test: timings depend on the machine and on what else runs on it.
 """
 import argparse
 import datetime
+import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +39,15 @@ from plot import read_scalars  # scripts/plot.py
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from run_tools import SCRIPTS  # noqa: E402
+from incremental_utils.project import algorithm_scripts  # noqa: E402
 
+SCRIPTS = algorithm_scripts()
 DEFAULT_ENVS = {"stream_q": "MinAtar/Breakout-v1"}  # scripts for discrete actions; the others run Hopper-v4
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+
+
+class BenchError(Exception):
+    """A measurement that cannot be reported as asked (a failed run, a compiled run that fell back to eager)."""
 
 
 def tensor_bytes(tree):
@@ -42,47 +60,144 @@ def tensor_bytes(tree):
     return 0
 
 
-def run_one(algo, mode, args, workdir):
-    run_name = f"bench_{algo}_{mode}"
-    steps, warmup = (args.steps, args.warmup) if mode == "on" else (args.eager_steps, args.eager_warmup)
-    env_id = args.env or DEFAULT_ENVS.get(algo, "Hopper-v4")
+def run_pinned(cmd, cpu, cwd, on_line=None):
+    """Runs cmd pinned to `cpu` (unless negative); returns (exit status, stdout lines with arrival times, stderr, peak
+    RSS in MB of the process and its children)."""
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu >= 0 else None
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=dict(os.environ, **CHILD_ENV), stdout=subprocess.PIPE, stderr=err,
+                                text=True, preexec_fn=pin)
+        lines = [(time.perf_counter(), line) for line in proc.stdout]
+        _, status, usage = os.wait4(proc.pid, 0)
+        err.seek(0)
+        return os.waitstatus_to_exitcode(status), lines, err.read(), usage.ru_maxrss / 1024
+
+
+def throughput(lines, pattern, warmup):
+    """Steps per second between the first step counter past `warmup` and the last one, from their arrival times."""
+    points = [(t, int(m.group(1))) for t, line in lines if (m := re.search(pattern, line))]
+    points = [(t, step) for t, step in points if step > warmup]
+    if len(points) < 2 or points[-1][1] == points[0][1]:
+        raise BenchError(f"too few step counters after step {warmup} to time the run (raise the steps)")
+    (t0, s0), (t1, s1) = points[0], points[-1]
+    return (s1 - s0) / (t1 - t0)
+
+
+def check_compiled(run_dir, mode):
+    """A compiled measurement is one whose update was compiled: anything else is refused, with the run's reason."""
+    update = (json.loads((Path(run_dir) / "args.json").read_text()).get("update") or {})
+    if mode == "on" and not update.get("compiled"):
+        raise BenchError(f"{run_dir}: the update ran eager ({update.get('why', 'no reason recorded')}), so its "
+                         "timings are not a compiled measurement")
+    return update
+
+
+def run_ours(algo, mode, args, workdir, steps, warmup, env_id, tag=""):
+    run_name = f"bench_{algo}_{mode}{tag}"
     cmd = [sys.executable, str(REPO / f"{algo}.py"), "--env", env_id, "--total-timesteps", str(steps),
            "--seed", "1", "--log-every", str(args.log_every), "--compile", mode, "--run-name", run_name,
            "--checkpoint-every", str(steps // 2)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    pin = (lambda: os.sched_setaffinity(0, {args.cpu})) if args.cpu >= 0 else None
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=pin)
-    _, status, usage = os.wait4(proc.pid, 0)
-    stderr = proc.stderr.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
+    code, lines, stderr, rss = run_pinned(cmd, args.cpu, workdir)
+    if code != 0:
+        raise BenchError(f"{' '.join(cmd)} failed ({code}): {stderr.strip().splitlines()[-1:]}")
     run_dir = Path(workdir) / "runs" / run_name
+    update = check_compiled(run_dir, mode)
+    return run_dir, lines, rss, update
+
+
+def measure(algo, mode, args, workdir):
+    steps, warmup = (args.steps, args.warmup) if mode == "on" else (args.eager_steps, args.eager_warmup)
+    env_id = args.env or DEFAULT_ENVS.get(algo, "Hopper-v4")
+    run_dir, _, rss, update = run_ours(algo, mode, args, workdir, steps, warmup, env_id)
 
     def after(tag):  # the values logged after the warm-up
-        steps, values = read_scalars(run_dir, tag)
-        return values[steps > warmup]
+        logged_steps, values = read_scalars(run_dir, tag)
+        return values[logged_steps > warmup]
 
-    compile_s = read_scalars(run_dir, "charts/compile_seconds")[1]
-    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
-    checkpoint = torch.load(checkpoints[-1], weights_only=False)
-    learner = checkpoint["learner"]
+    learner = torch.load(sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)["learner"]
     replay = {k: v for k, v in learner.items() if k.startswith("replay.")}  # sac/td3's buffer is learner state
     return {"env": env_id, "sps": float(np.median(after("charts/SPS"))),
             "p50": float(np.median(after("charts/update_us_p50"))),
-            "p99": float(np.median(after("charts/update_us_p99"))),
-            "rss_mb": usage.ru_maxrss / 1024,
-            "state_kb": (tensor_bytes(learner) - tensor_bytes(replay)) / 1024,
-            "buffer_kb": tensor_bytes(replay) / 1024,
-            "compile_s": float(compile_s[0]) if len(compile_s) else None}
+            "p99": float(np.median(after("charts/update_us_p99"))), "rss_mb": rss,
+            "state_kb": (tensor_bytes(learner) - tensor_bytes(replay)) / 1024, "buffer_kb": tensor_bytes(replay) / 1024,
+            "compile_s": update.get("seconds")}
 
 
-def main():
+# ------------------------------------------------------------------------------------------------ references
+LAUNCHER = """
+import os, runpy, sys
+import numpy as np
+import torch
+torch.set_num_threads(1)
+import gymnasium as gym
+if any("MinAtar/" in a for a in sys.argv):
+    import minatar.gym
+    minatar.gym.register_envs()
+
+
+class EpisodeStatistics(gym.wrappers.RecordEpisodeStatistics):
+    # gymnasium 1.x gives scalars where 0.29, which the released scripts were written for, gave 1-element arrays
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if "episode" in info:
+            info["episode"] = {k: np.atleast_1d(v) for k, v in info["episode"].items()}
+        return obs, reward, terminated, truncated, info
+
+
+gym.wrappers.RecordEpisodeStatistics = EpisodeStatistics
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+runpy.run_path(script, run_name="__main__")
+"""
+
+# ours: (script, env), theirs: (file, how to say the env and the budget, other flags, their step counter)
+REFERENCES = {
+    "avg": ("avg.py", lambda env, n: ["--env", env, "--N", str(n)], ["--actor_lr", "1.1e-5", "--critic_lr", "7.7e-5",
+            "--alpha_lr", "0.3", "--results_dir", "results"], r"\| T: (\d+)", "Hopper-v4"),
+    "stream_q": ("stream_q_minatar.py", lambda env, n: ["--env_name", env, "--total_steps", str(n)], ["--debug"],
+                 r"Time Step (\d+)", "MinAtar/Breakout-v1"),
+    "stream_ac": ("stream_ac_continuous.py", lambda env, n: ["--env_name", env, "--total_steps", str(n)], ["--debug"],
+                  r"Time Step (\d+)", "Hopper-v4"),
+}
+
+
+def find_references(folders):
+    found = []
+    for folder in folders:
+        folder = Path(folder).expanduser().resolve()
+        hits = [algo for algo, (name, *_) in REFERENCES.items() if (folder / name).is_file()]
+        if not hits:
+            raise BenchError(f"{folder} holds none of the released scripts bench.py knows "
+                             f"({', '.join(r[0] for r in REFERENCES.values())})")
+        found += [(algo, folder) for algo in hits]
+    return found
+
+
+def measure_reference(algo, folder, args, workdir):
+    """Theirs and ours, one after the other on the same CPU, timed the same way."""
+    script, budget, flags, pattern, env_id = REFERENCES[algo]
+    env_id = args.env or env_id
+    steps, warmup = args.reference_steps, args.reference_steps // 5
+    launcher = Path(workdir) / "reference_launcher.py"
+    launcher.write_text(LAUNCHER)
+    cmd = [sys.executable, str(launcher), str(folder / script), *budget(env_id, steps), *flags]
+    code, lines, stderr, theirs_rss = run_pinned(cmd, args.cpu, workdir)
+    if code != 0:
+        raise BenchError(f"{folder / script} failed ({code}): {stderr.strip().splitlines()[-1:]}")
+    theirs = throughput(lines, pattern, warmup)
+    _, our_lines, our_rss, _ = run_ours(algo, "on", args, workdir, steps, warmup, env_id, tag="_vs_reference")
+    ours = throughput(our_lines, r"global_step=(\d+)", warmup)
+    return {"env": env_id, "script": f"{folder.name}/{script}", "steps": steps, "theirs_sps": theirs,
+            "ours_sps": ours, "theirs_rss": theirs_rss, "ours_rss": our_rss}
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", nargs="+", default=list(SCRIPTS), choices=SCRIPTS)
-    parser.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off"],
-                        help="compile modes to measure (on: compiled update, off: eager)")
+    parser.add_argument("--modes", nargs="*", default=["on", "off"], choices=["on", "off"],
+                        help="compile modes to measure (on: compiled update, off: eager); none: only --reference")
     parser.add_argument("--env", help="environment for every script (default: Hopper-v4; MinAtar/Breakout-v1 for "
                         "stream_q.py)")
     parser.add_argument("--steps", type=int, default=40_000, help="environment steps per compiled measurement")
@@ -90,44 +205,65 @@ def main():
     parser.add_argument("--eager-steps", type=int, default=10_000, help="environment steps per eager measurement")
     parser.add_argument("--eager-warmup", type=int, default=4_000, help="steps left out of the eager timings")
     parser.add_argument("--log-every", type=int, default=1_000)
+    parser.add_argument("--reference", nargs="+", default=[], metavar="DIR",
+                        help="checkouts of the authors' released code to time beside ours")
+    parser.add_argument("--reference-steps", type=int, default=100_000,
+                        help="steps per reference measurement (theirs and ours); the first fifth is warm-up")
     parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
                         help="CPU to pin each run to (-1: no pinning)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.warmup >= args.steps or args.eager_warmup >= args.eager_steps:
         parser.error("the warm-up must be shorter than the measurement")
-    import gymnasium as gym
+    rows, references = [], []
+    try:
+        pairs = find_references(args.reference)
+        with tempfile.TemporaryDirectory() as workdir:
+            for algo in args.algos:
+                for mode in args.modes:
+                    print(f"measuring {algo} (compile {mode}) ...", file=sys.stderr, flush=True)
+                    rows.append((algo, mode, measure(algo, mode, args, workdir)))
+            for algo, folder in pairs:
+                print(f"measuring {folder / REFERENCES[algo][0]} beside {algo}.py ...", file=sys.stderr, flush=True)
+                references.append((algo, measure_reference(algo, folder, args, workdir)))
+    except BenchError as e:
+        print(f"bench.py: error: {e}", file=sys.stderr)
+        return 1
+    print_tables(args, rows, references)
+    return 0
 
-    probe = gym.make(args.env or "Hopper-v4")
-    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
-    # batch SAC stores (s, a, r, s', terminated) as float32: 2 obs + action + 2 scalars per transition
-    sac_buffer_mb = 1_000_000 * (2 * obs_dim + act_dim + 2) * 4 / 2 ** 20
-    rows = []
-    with tempfile.TemporaryDirectory() as workdir:
-        for algo in args.algos:
-            if not (REPO / f"{algo}.py").exists():
-                print(f"skipping {algo}: {algo}.py does not exist", file=sys.stderr)
-                continue
-            for mode in args.modes:
-                print(f"measuring {algo} (compile {mode}) ...", file=sys.stderr, flush=True)
-                rows.append((algo, mode, run_one(algo, mode, args, workdir)))
+
+def print_tables(args, rows, references):
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     print(f"\ncompiled: {args.steps} steps per run, timings after step {args.warmup}; eager: "
-          f"{args.eager_steps} steps, after step {args.eager_warmup}; {cpu}, "
-          f"{os.cpu_count()} cores, pinned to CPU {args.cpu}, torch {torch.__version__} (1 thread), "
-          f"{datetime.date.today()}\n")
-    print("| script | environment | update | env steps/s | update p50 (us) | update p99 (us) | peak RSS (MB) "
-          "| learner state (KB) | replay buffer (KB) | compile (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for algo, mode, r in rows:
-        compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
-        print(f"| {algo}.py | {r['env']} | {'compiled' if mode == 'on' else 'eager'} | {r['sps']:.0f} | "
-              f"{r['p50']:.0f} | "
-              f"{r['p99']:.0f} | {r['rss_mb']:.0f} | {r['state_kb']:.0f} | {r['buffer_kb']:.0f} | {compile_s} |")
-    print(f"\nFor scale: batch SAC's replay buffer at 1M transitions of {args.env or 'Hopper-v4'} holds "
-          f"{sac_buffer_mb:.0f} MB "
-          f"(float32 observations; 160x90x3 stacked images would need tens of GB).")
+          f"{args.eager_steps} steps, after step {args.eager_warmup}; {cpu}, {os.cpu_count()} cores, pinned to CPU "
+          f"{args.cpu}, torch {torch.__version__} (1 thread), {datetime.date.today()}\n")
+    if rows:
+        print("| script | environment | update | env steps/s | update p50 (us) | update p99 (us) | peak RSS (MB) "
+              "| learner state (KB) | replay buffer (KB) | compile (s) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for algo, mode, r in rows:
+            compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
+            print(f"| {algo}.py | {r['env']} | {'compiled' if mode == 'on' else 'eager'} | {r['sps']:.0f} | "
+                  f"{r['p50']:.0f} | {r['p99']:.0f} | {r['rss_mb']:.0f} | {r['state_kb']:.0f} | {r['buffer_kb']:.0f} | "
+                  f"{compile_s} |")
+        import gymnasium as gym
+
+        env_id = args.env or "Hopper-v4"
+        probe = gym.make(env_id)
+        obs_dim, act_dim = int(np.prod(probe.observation_space.shape)), int(np.prod(probe.action_space.shape))
+        # batch SAC stores (s, a, r, s', terminated) as float32: two observations, the action and two scalars
+        print(f"\nFor scale: batch SAC's replay buffer at 1M transitions of {env_id} holds "
+              f"{1_000_000 * (2 * obs_dim + act_dim + 2) * 4 / 2 ** 20:.0f} MB.")
+    if references:
+        print("\n| ours | released script | environment | steps | ours (steps/s) | released (steps/s) | ratio "
+              "| ours peak RSS (MB) | released peak RSS (MB) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for algo, r in references:
+            print(f"| {algo}.py (compiled) | {r['script']} | {r['env']} | {r['steps']} | {r['ours_sps']:.0f} | "
+                  f"{r['theirs_sps']:.0f} | {r['ours_sps'] / r['theirs_sps']:.1f}x | {r['ours_rss']:.0f} | "
+                  f"{r['theirs_rss']:.0f} |")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

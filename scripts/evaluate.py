@@ -26,8 +26,10 @@ from plot import mean_ci  # scripts/plot.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import robots  # noqa: E402
-import run_tools  # noqa: E402
-from run_tools import RunError  # noqa: E402
+from incremental_utils.checkpoints import check_spaces, load_policy, load_policy_source  # noqa: E402
+from incremental_utils.environments import make_env  # noqa: E402
+from incremental_utils.errors import RunError  # noqa: E402
+from incremental_utils.evaluation import run_episodes  # noqa: E402
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -59,20 +61,20 @@ def parse(argv):
 
 
 def evaluate(opts):
-    source = run_tools.load_policy_source(opts.path)
+    source = load_policy_source(opts.path)
     module = importlib.import_module(source["algo"])
     saved = module.Args(**source["args"])
     args = dataclasses.replace(saved, env=opts.env or saved.env, robot_host=opts.robot_host,
                                robot_port=opts.robot_port, realtime=opts.realtime, capture_video=opts.capture_video,
                                run_name=f"evaluate_{Path(opts.path).resolve().name}")
-    env = run_tools.make_env(args, source["algo"], action_spaces=(gym.spaces.Box, gym.spaces.Discrete),
-                             finite_action_bounds=False, images=True)  # check_spaces holds it to the saved ones
+    env = make_env(args, source["algo"], action_spaces=(gym.spaces.Box, gym.spaces.Discrete),
+                   finite_action_bounds=False, images=True)  # check_spaces holds it to the saved ones
     try:
-        run_tools.check_spaces(env, source, opts.path)
+        check_spaces(env, source, opts.path)
         learner = module.make_learner(env, args)
-        run_tools.load_policy(learner, source)
+        load_policy(learner, module.policy_parts(learner), source)
         generator = None if opts.deterministic else torch.Generator().manual_seed(opts.seed)
-        returns, lengths = run_tools.run_episodes(env, learner.evaluation_action, opts.episodes, opts.seed, generator)
+        returns, lengths = run_episodes(env, learner.evaluation_action, opts.episodes, opts.seed, generator)
     finally:
         env.close()  # stops a real robot
     mean, half_width = mean_ci(returns)

@@ -2,14 +2,18 @@
 
     python scripts/plot.py runs/ --out figures/returns
 
-Finds every run directory (one holding events.out.tfevents.* files) under the given paths, groups runs by
-(environment, experiment name) from their args.json (or from the run name ENV__EXP__SEED[__TIME]), and draws the
+Finds every run under the given paths: a run directory (one holding events.out.tfevents.* files), or an episodes file
+(ENV__EXP__SEED.csv.gz, as --export-episodes writes them: global step, return and length of every episode, the way
+docs/data/ keeps finished runs without their directories). Groups runs by (environment, experiment name) from their
+args.json or the file's header (or from the run name ENV__EXP__SEED[__TIME]), and draws the
 mean episodic return against environment steps with a 95% confidence band across seeds, one panel per environment,
 as PNG and PDF. Each run is interpolated onto a common step grid within the steps it covers; where fewer runs than
 the group's total cover a step (runs still in progress, or of different lengths), the curve is drawn dotted. Prints
-a Markdown table of final performance per group. Runs still being written are read as far as they go.
+a Markdown table of final performance per group (--final-steps adds the mean over a run's last N steps, the paper's
+measure; --per-seed the score of every run). Runs still being written are read as far as they go.
 """
 import argparse
+import gzip
 import json
 import math
 import re
@@ -83,26 +87,66 @@ class Run:
     steps: np.ndarray
     returns: np.ndarray
     finished: bool
+    lengths: np.ndarray = None
+
+
+EPISODES = ".csv.gz"  # an exported run: its episodes, one line each
 
 
 def find_run_dirs(paths):
-    """Directories holding event files, at or below each path; hidden directories (such as runs/.discarded, where
-    sweep.py keeps restarted attempts) are skipped."""
+    """Directories holding event files and episodes files, at or below each path; hidden directories (such as
+    runs/.discarded, where sweep.py keeps restarted attempts) are skipped."""
     found = []
     for root in map(Path, paths):
         if not root.exists():
             raise PlotError(f"{root} does not exist")
-        for events in sorted(root.rglob("events.out.tfevents.*")):
-            run_dir = events.parent
-            if any(part.startswith(".") for part in run_dir.relative_to(root).parts):
+        if root.is_file() and root.name.endswith(EPISODES):
+            found.append(root)
+            continue
+        for hit in sorted([*root.rglob("events.out.tfevents.*"), *root.rglob(f"*{EPISODES}")]):
+            run = hit if hit.name.endswith(EPISODES) else hit.parent
+            if any(part.startswith(".") for part in run.relative_to(root).parts[:-1 if run == hit else None]):
                 continue
-            if run_dir not in found:
-                found.append(run_dir)
+            if run not in found:
+                found.append(run)
     return found
 
 
+def write_episodes(run, path, tag_lengths="charts/episodic_length"):
+    """A run's episodes as a compressed CSV: a header line with what identifies the run, then global step, return
+    (to 0.01) and length per episode."""
+    lengths = run.lengths if run.lengths is not None else read_scalars(run.path, tag_lengths)[1]
+    if len(lengths) != len(run.returns):
+        raise PlotError(f"{run.path}: {len(run.returns)} returns but {len(lengths)} episode lengths")
+    args = read_json(Path(run.path) / "args.json") or {}
+    commit = (args.get("made_with") or {}).get("git_commit")
+    with gzip.open(path, "wt", compresslevel=9) as f:
+        f.write(f"# env={run.env} exp_name={run.exp_name} seed={run.seed} finished={str(run.finished).lower()} "
+                f"algo={args.get('algo')} commit={commit}\n")
+        f.write("global_step,return,length\n")
+        for step, value, length in zip(run.steps, run.returns, lengths):
+            f.write(f"{int(step)},{value:.2f},{int(length)}\n")
+
+
+def read_episodes(path):
+    """(identity, steps, returns, lengths) of an episodes file written by write_episodes."""
+    try:
+        with gzip.open(path, "rt") as f:
+            header = dict(part.split("=", 1) for part in f.readline().lstrip("# ").split())
+            f.readline()
+            table = np.loadtxt(f, delimiter=",", ndmin=2)
+    except (OSError, ValueError, EOFError) as e:
+        raise PlotError(f"{path} is not an episodes file ({type(e).__name__})") from None
+    seed = int(header["seed"]) if header.get("seed", "").isdigit() else header.get("seed")
+    ident = (header["env"], header["exp_name"], seed, header.get("finished") == "true")
+    return ident, table[:, 0], table[:, 1], table[:, 2]
+
+
 def identify(run_dir):
-    """(env, exp_name, seed, finished) from args.json and summary.json, or from the ENV__EXP__SEED run name."""
+    """(env, exp_name, seed, finished) from args.json and summary.json (an episodes file: its header), or from the
+    ENV__EXP__SEED run name."""
+    if run_dir.name.endswith(EPISODES):
+        return read_episodes(run_dir)[0]
     args = read_json(run_dir / "args.json")
     summary = read_json(run_dir / "summary.json")
     finished = isinstance(summary, dict) and summary.get("finished") is True
@@ -151,12 +195,20 @@ def load_runs(paths, tag=TAG, envs=None, exp_names=None, log=sys.stderr):
         env, exp_name, seed, finished = ident
         if (envs and env not in envs) or (exp_names and exp_name not in exp_names):
             continue
-        steps, values = read_scalars(run_dir, tag)
+        lengths = None
+        if run_dir.name.endswith(EPISODES):
+            if tag != TAG:
+                skipped.append(f"{run_dir} (an episodes file holds {TAG} only)")
+                continue
+            _, steps, values, lengths = read_episodes(run_dir)
+        else:
+            steps, values = read_scalars(run_dir, tag)
         keep = np.isfinite(values)
         if not keep.any():
             skipped.append(f"{run_dir} (no {tag} yet)")
             continue
-        runs.append(Run(run_dir, env, exp_name, seed, steps[keep], values[keep], finished))
+        runs.append(Run(run_dir, env, exp_name, seed, steps[keep], values[keep], finished,
+                        None if lengths is None else lengths[keep]))
     for note in skipped:
         print(f"plot.py: skipped {note}", file=log)
     return runs
@@ -199,13 +251,14 @@ def curve(runs, points=200, window=1):
     return grid, mean, half, n
 
 
-def final_performance(runs, fraction=0.1):
+def final_performance(runs, fraction=0.1, steps=None):
     """Final return of a group: the window is the last `fraction` of the steps that every run of the group has
-    reached, (1 - fraction) * S < step <= S with S the shortest run's last step, so runs of different lengths or
-    still in progress are compared over the same steps. Each run scores the mean return of its episodes that ended
-    in the window (its last episode before S if none did); the group gets the mean and 95% CI of those scores."""
+    reached, (1 - fraction) * S < step <= S with S the shortest run's last step (or, with `steps`, the last that many:
+    S - steps < step <= S), so runs of different lengths or still in progress are compared over the same steps. Each
+    run scores the mean return of its episodes that ended in the window (its last episode before S if none did); the
+    group gets the mean and 95% CI of those scores."""
     common_end = min(r.steps[-1] for r in runs)
-    start = (1 - fraction) * common_end
+    start = common_end - steps if steps else (1 - fraction) * common_end
     scores = []
     for run in runs:
         inside = (run.steps > start) & (run.steps <= common_end)
@@ -226,18 +279,43 @@ def steps_text(x):
     return f"{x:.0f}"
 
 
-def markdown_table(groups, fraction=0.1):
-    lines = ["| environment | experiment | runs | final return (mean) | 95% CI | window (steps) |",
-             "|---|---|---|---|---|---|"]
+def interval(f):
+    return "n/a (1 run)" if not math.isfinite(f["half"]) else f"[{fmt(f['mean'] - f['half'])}, {fmt(f['mean'] + f['half'])}]"
+
+
+def markdown_table(groups, fraction=0.1, final_steps=None):
+    extra = f" last {steps_text(final_steps)} steps (mean) | 95% CI |" if final_steps else ""
+    lines = [f"| environment | experiment | runs | final return (mean) | 95% CI | window (steps) |{extra}",
+             "|---|---|---|---|---|---|" + ("---|---|" if final_steps else "")]
     for (env, exp_name), runs in groups.items():
         f = final_performance(runs, fraction)
-        ci = "n/a (1 run)" if not math.isfinite(f["half"]) else f"[{fmt(f['mean'] - f['half'])}, {fmt(f['mean'] + f['half'])}]"
         runs_text = f"{f['runs']}" + (f" ({f['unfinished']} unfinished)" if f["unfinished"] else "")
-        lines.append(f"| {env} | {exp_name} | {runs_text} | {fmt(f['mean'])} | {ci} | "
-                     f"{steps_text(f['window'][0])}-{steps_text(f['window'][1])} |")
+        line = (f"| {env} | {exp_name} | {runs_text} | {fmt(f['mean'])} | {interval(f)} | "
+                f"{steps_text(f['window'][0])}-{steps_text(f['window'][1])} |")
+        if final_steps:
+            last = final_performance(runs, steps=final_steps)
+            line += f" {fmt(last['mean'])} | {interval(last)} |"
+        lines.append(line)
     lines.append("")
     lines.append(f"Final return: per run, the mean episodic return over the last {fraction:.0%} of the steps that "
-                 "all runs of its group reached (the window); then the mean across runs and a 95% t-interval.")
+                 "all runs of its group reached (the window); then the mean across runs and a 95% t-interval."
+                 + (f" Last {steps_text(final_steps)} steps: the same over the last {final_steps:,} of those steps "
+                    "(the AVG paper's measure)." if final_steps else ""))
+    return "\n".join(lines)
+
+
+def per_seed_table(groups, fraction=0.1, final_steps=None):
+    """Each run's scores (the windows of its group, as in the main table), episodes and the steps it reached."""
+    extra = f" last {steps_text(final_steps)} steps |" if final_steps else ""
+    lines = [f"| environment | experiment | seed | last {fraction:.0%} |{extra} episodes | steps reached |",
+             "|---|---|---|---|" + ("---|" if final_steps else "") + "---|---|"]
+    for (env, exp_name), runs in groups.items():
+        scores = final_performance(runs, fraction)["scores"]
+        last = final_performance(runs, steps=final_steps)["scores"] if final_steps else [None] * len(runs)
+        for run, score, last_score in zip(runs, scores, last):
+            lines.append(f"| {env} | {exp_name} | {run.seed} | {fmt(score)} |"
+                         + (f" {fmt(last_score)} |" if final_steps else "")
+                         + f" {len(run.returns)} | {steps_text(run.steps[-1])}{'' if run.finished else ' (unfinished)'} |")
     return "\n".join(lines)
 
 
@@ -326,12 +404,17 @@ def main(argv=None):
                         help="trailing mean over this many episodes before interpolating (default 1: none)")
     parser.add_argument("--final-fraction", type=float, default=0.1,
                         help="the table's final window, a fraction of the steps (default %(default)s)")
-    parser.add_argument("--table", help="also write the Markdown table to this file")
+    parser.add_argument("--final-steps", type=int,
+                        help="also score each run by its mean return over the last N steps (the paper: 10000)")
+    parser.add_argument("--per-seed", action="store_true", help="also print every run's scores")
+    parser.add_argument("--table", help="also write the Markdown table (and the per-seed one) to this file")
+    parser.add_argument("--export-episodes", metavar="DIR",
+                        help="write each run's episodes to DIR/ENV__EXP__SEED.csv.gz (global step, return, length)")
     parser.add_argument("--title", help="figure title")
     try:
         args = parser.parse_args(argv)
-        if args.points < 2 or args.smooth < 1 or not 0 < args.final_fraction <= 1:
-            raise PlotError("--points must be >= 2, --smooth >= 1, and 0 < --final-fraction <= 1")
+        if args.points < 2 or args.smooth < 1 or not 0 < args.final_fraction <= 1 or (args.final_steps or 1) < 1:
+            raise PlotError("--points must be >= 2, --smooth >= 1, --final-steps >= 1 and 0 < --final-fraction <= 1")
         runs = load_runs(args.paths, args.tag, args.envs, args.exp_names)
         if not runs:
             raise PlotError(f"no runs with {args.tag} under {', '.join(args.paths)}"
@@ -344,7 +427,17 @@ def main(argv=None):
                       + ", ".join(str(r.path) for r in members), file=sys.stderr)
         ylabel = "episodic return" if args.tag == TAG else args.tag
         written = draw(groups, args.out, args.points, args.smooth, args.formats, args.title, ylabel)
-        table = markdown_table(groups, args.final_fraction)
+        table = markdown_table(groups, args.final_fraction, args.final_steps)
+        if args.per_seed:
+            table += "\n\n" + per_seed_table(groups, args.final_fraction, args.final_steps)
+        if args.export_episodes:
+            folder = Path(args.export_episodes)
+            folder.mkdir(parents=True, exist_ok=True)
+            for run in runs:
+                path = folder / f"{run.env.replace('/', '-')}__{run.exp_name}__{run.seed}{EPISODES}"
+                if path.resolve() != Path(run.path).resolve():
+                    write_episodes(run, path)
+                    written.append(path)
         if args.table:
             Path(args.table).parent.mkdir(parents=True, exist_ok=True)
             Path(args.table).write_text(table + "\n")

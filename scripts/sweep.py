@@ -23,7 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from run_tools import EXIT_CODES, SCRIPTS, read_json  # noqa: E402 (the one list of scripts, table of exit statuses)
+from incremental_utils.checkpoints import read_json  # noqa: E402
+from incremental_utils.errors import EXIT_CODES  # noqa: E402 (what a script's exit status means)
+from incremental_utils.project import algorithm_scripts  # noqa: E402 (the one list of scripts)
+
+SCRIPTS = algorithm_scripts()
 
 RUNS = Path("runs")  # the algorithm scripts write to ./runs, so everything here is relative to the working directory
 DISCARDED = RUNS / ".discarded"  # hidden: plot.py skips it, and a restarted run's old events must not count twice
@@ -126,10 +130,16 @@ def check_extra(extra):
 
 
 def make_jobs(variants, envs, seeds, total_timesteps):
-    """variants: (exp_name, algo, extra args) triples. Seeds vary slowest, so that the first runs cover every
-    variant and environment with a few seeds: a sweep cut short still gives a comparison."""
-    jobs = [Job(algo, env, seed, exp_name, total_timesteps, tuple(extra))
-            for seed in seeds for env in envs for exp_name, algo, extra in variants]
+    """variants: (exp_name, algo, extra args) triples, or with a fourth element {"seeds": N, "budget": STEPS} when a
+    variant runs only the first N of the seeds or its own budget. Seeds vary slowest, so that the first runs cover
+    every variant and environment with a few seeds: a sweep cut short still gives a comparison."""
+    seeds, jobs = list(seeds), []
+    for i, seed in enumerate(seeds):
+        for env in envs:
+            for exp_name, algo, extra, *own in variants:
+                own = own[0] if own else {}
+                if i < own.get("seeds", len(seeds)):
+                    jobs.append(Job(algo, env, seed, exp_name, own.get("budget", total_timesteps), tuple(extra)))
     names = [job.run_name for job in jobs]
     if len(set(names)) != len(names):
         raise SweepError("two variants share an experiment name; each needs its own")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from incremental_utils.project import algorithm_scripts
+
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 
@@ -46,7 +48,8 @@ def text_tags(run_dir):
     return acc.Tags().get("tensors", [])
 
 
-DISCRETE_ACTIONS = {"stream_q"}  # scripts that act in discrete action spaces
+SCRIPTS = algorithm_scripts()  # the one list of scripts (pyproject.toml's py-modules)
+DISCRETE_ACTIONS = {"stream_q"}  # scripts that act in discrete action spaces only
 
 
 def env_for(algo, name):

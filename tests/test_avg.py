@@ -9,7 +9,7 @@ import torch
 
 import avg
 from helpers import assert_states_close
-from update_tools import compile_update
+from incremental_utils.compiling import CompiledUpdate, compile_update
 
 
 def make_args(**overrides):
@@ -66,7 +66,7 @@ def test_first_update_has_moderate_gradients():
     learner = make_learner()
     raw, r, term, noises = random_transitions(1)[0]
     obs = learner.normalize(torch.randn(5, dtype=torch.float64) * 3 + 1)
-    learner(obs, torch.zeros(2), torch.zeros(()), raw, r, term, noises)
+    learner(avg.StepInputs(obs, torch.zeros(2), torch.zeros(()), raw, r, term, noises))
     largest = max(v.max().item() for v in [*learner.actor_opt.exp_avg_sq.parameters(),
                                             *learner.critic_opt.exp_avg_sq.parameters()])
     assert largest < 1.0
@@ -162,7 +162,7 @@ def test_one_avg_update_matches_a_plain_autograd_implementation():
     sigma = learner.td_scaler.sigma()
     assert sigma.item() != 1.0
     actor, critic = reference_update(learner, obs, noise, raw, r, term, noises, sigma)
-    before(obs, noise, log_prob, raw, r, term, noises)
+    before(avg.StepInputs(obs, noise, log_prob, raw, r, term, noises))
     for ours, ref in [(before.actor, actor), (before.critic, critic)]:
         for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
             torch.testing.assert_close(p, q.detach(), rtol=1e-4, atol=1e-6, msg=name)
@@ -173,8 +173,8 @@ def warm_up(learner, n):
     returns the (obs, noise, log_prob) of the action to be taken next."""
     obs, noise, log_prob = torch.zeros(5), torch.zeros(2), torch.zeros(())
     for raw, r, term, noises in random_transitions(n):
-        _, log_prob, obs, _ = learner(obs, noise, log_prob, raw, r, term, noises)
-        noise = noises[1]
+        out = learner(avg.StepInputs(obs, noise, log_prob, raw, r, term, noises))
+        obs, noise, log_prob = out.obs, out.noise, out.log_prob
         if term:
             learner.td_scaler.end_episode()
     return obs, noise, log_prob
@@ -195,7 +195,7 @@ def test_each_loss_moves_only_its_own_network(frozen):
     reference = dict(zip(["actor", "critic"], reference_update(before, obs, noise, raw, r, term, noises,
                                                                before.td_scaler.sigma())))
     frozen_before = copy.deepcopy(getattr(learner, frozen).state_dict())
-    learner(obs, noise, log_prob, raw, r, term, noises)
+    learner(avg.StepInputs(obs, noise, log_prob, raw, r, term, noises))
     for name, p in getattr(learner, frozen).state_dict().items():
         assert torch.equal(p, frozen_before[name]), name
     changed = False
@@ -220,7 +220,7 @@ def test_target_network_is_polyak_averaged():
     learner = make_learner(target_tau=0.25)
     target_before = [p.clone() for p in learner.target.parameters()]
     raw, r, term, noises = random_transitions(1)[0]
-    learner(torch.zeros(5), torch.zeros(2), torch.zeros(()), raw, r, term, noises)
+    learner(avg.StepInputs(torch.zeros(5), torch.zeros(2), torch.zeros(()), raw, r, term, noises))
     for t0, t1, p in zip(target_before, learner.target.parameters(), learner.critic.parameters()):
         torch.testing.assert_close(t1, 0.75 * t0 + 0.25 * p)
     assert make_learner().target is None  # tau = 1: no target network
@@ -230,23 +230,33 @@ def test_non_finite_reward_leaves_the_networks_untouched():
     learner = make_learner()
     before = copy.deepcopy(learner.state_dict())
     raw, _, term, noises = random_transitions(1)[0]
-    *_, ok = learner(torch.zeros(5), torch.zeros(2), torch.zeros(()), raw, torch.tensor(float("nan")), term, noises)
-    assert not ok
+    out = learner(avg.StepInputs(torch.zeros(5), torch.zeros(2), torch.zeros(()), raw, torch.tensor(float("nan")), term,
+                                 noises))
+    assert not out.ok
     for name in ("actor.mu.weight", "critic.q.weight", "actor_opt.exp_avg_sq.trunk.0.weight"):
         assert torch.equal(before[name], learner.state_dict()[name]), name
 
 
-def test_actions_are_rescaled_to_the_action_bounds():
-    learner = make_learner(act_dim=2)
-    actions = torch.stack([learner.act(torch.randn(5), torch.randn(2) * 5)[0] for _ in range(200)])
-    assert actions.min() >= -2.0 and actions.max() <= 3.0 and actions.max() - actions.min() > 3.0
+@pytest.mark.parametrize("mapping", ["rescale", "clip"])
+def test_actions_are_mapped_onto_the_action_bounds(mapping):
+    """tanh's [-1, 1] goes onto [-2, 3] by rescaling (or is clipped to it): checked on the mapping itself, before the
+    final clamp to the bounds (which only guards against rounding), so a wrong scale or offset shows."""
+    learner = make_learner(act_dim=2, action_mapping=mapping)
+    squashed = torch.linspace(-1, 1, 201).unsqueeze(-1).expand(201, 2)
+    mapped = squashed * learner.action_scale + learner.action_offset
+    expected = (squashed + 1) / 2 * 5 - 2 if mapping == "rescale" else squashed
+    torch.testing.assert_close(mapped, expected)
+    obs, noise = torch.randn(5), torch.randn(2) * 5
+    tanh_u = learner.actor(obs, noise)[0]
+    torch.testing.assert_close(learner.act(obs, noise)[0], (tanh_u * learner.action_scale + learner.action_offset)
+                               .clamp(-2.0, 3.0))
 
 
 def run_stream(step, learner, transitions):
     obs, noise, log_prob = torch.zeros(learner.obs_stats.mean.shape[0]), torch.zeros(2), torch.zeros(())
     for raw, r, term, noises in transitions:
-        action, log_prob, obs, ok = step(obs, noise, log_prob, raw, r, term, noises)
-        noise = noises[1]
+        out = step(avg.StepInputs(obs, noise, log_prob, raw, r, term, noises))
+        action, log_prob, obs, noise = out.action, out.log_prob, out.obs, out.noise
         if term:
             learner.td_scaler.end_episode()
     return action
@@ -257,7 +267,8 @@ def test_compiled_update_matches_eager_over_many_updates():
     rounding accumulated over the run (rtol 1e-3, atol 1e-5; measured max deviation about 1e-5)."""
     eager, compiled = make_learner(seed=4), make_learner(seed=4)
     transitions = random_transitions(300, seed=5)
-    step = compile_update(compiled, (torch.zeros(5), torch.zeros(2), torch.zeros(()), *transitions[0]))
+    step = compile_update(compiled, avg.StepInputs(torch.zeros(5), torch.zeros(2), torch.zeros(()), *transitions[0]))
+    assert isinstance(step, CompiledUpdate)  # compiled, or the test fails here: no eager fallback under this name
     a_eager = run_stream(eager, eager, transitions)
     a_compiled = run_stream(step, compiled, transitions)
     torch.testing.assert_close(a_compiled, a_eager, rtol=1e-3, atol=1e-4)

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 import avg
-import run_tools
+from incremental_utils.environments import make_env
+from incremental_utils.errors import RunError
 from helpers import DISCRETE_ACTIONS, run_script, scalars
-from run_tools import SCRIPTS
+from helpers import SCRIPTS
 
 
 def make(env_id, **fields):
-    return run_tools.make_env(avg.Args(env=env_id, **fields), "avg")
+    return make_env(avg.Args(env=env_id, **fields), "avg")
 
 
 def test_dict_observations_are_flattened_in_sorted_key_order():
@@ -35,7 +36,7 @@ def test_any_dict_of_boxes_is_flattened_and_images_are_refused():
     assert env.observation_space.shape == (3,)
     np.testing.assert_allclose(obs[:2], env.unwrapped.position)  # "position" sorts before "time"
     assert obs[2] == 0.0
-    with pytest.raises(run_tools.RunError, match="learns from vector observations; faulty_envs:ImageObservation-v0 "
+    with pytest.raises(RunError, match="learns from vector observations; faulty_envs:ImageObservation-v0 "
                                                  "has images"):
         make("faulty_envs:ImageObservation-v0")
 

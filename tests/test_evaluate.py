@@ -14,7 +14,7 @@ from helpers import REPO, env_for, run_script, scalars, script_env
 from robots import open_interface as oi
 from robots.create2_emulator import Create2Emulator
 from robots_helpers import wait_for
-from run_tools import SCRIPTS
+from helpers import SCRIPTS
 
 per_script = pytest.mark.parametrize("algo", SCRIPTS)
 POINT = ["--env", "faulty_envs:Point-v0", "--compile", "off", "--seed", "7"]

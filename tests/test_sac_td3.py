@@ -9,8 +9,8 @@ import torch
 
 import sac_incremental as sac
 import td3_incremental as td3
-from run_tools import RunError
-from update_tools import compile_update
+from incremental_utils.compiling import CompiledUpdate, compile_update
+from incremental_utils.errors import RunError
 from helpers import assert_states_close, run_script
 
 OBS, ACT = 4, 2
@@ -34,6 +34,16 @@ def stream(n, batch, capacity, seed=1):
                         indices=torch.randint(stored, (batch,), generator=g),
                         noises=torch.randn(2, batch, ACT, generator=g), next_noise=torch.randn(ACT, generator=g)))
     return out
+
+
+def sac_inputs(t):
+    return sac.StepInputs(t["obs"], t["action"], torch.tensor(-1.0), t["raw_next_obs"], t["reward"], t["terminated"],
+                          t["indices"], t["noises"], t["next_noise"], torch.zeros(ACT))
+
+
+def td3_inputs(t):
+    return td3.StepInputs(t["obs"], t["action"], t["raw_next_obs"], t["reward"], t["terminated"], t["indices"],
+                          t["noises"][0], t["next_noise"], torch.zeros(ACT))
 
 
 def torch_adam(net, lr, beta1):
@@ -62,8 +72,7 @@ def test_sac_updates_match_a_plain_autograd_implementation():
     alpha_opt = torch.optim.Adam([log_alpha], lr=args.alpha_lr, betas=(args.beta1, 0.999))
     scaler, memory = sac.TDErrorScaler(), []
     for step, t in enumerate(stream(12, batch=3, capacity=4), start=1):
-        learner(t["obs"], t["action"], torch.tensor(-1.0), t["raw_next_obs"], t["reward"], t["terminated"],
-                t["indices"], t["noises"], t["next_noise"])
+        learner(sac_inputs(t))
         # the reference: the same losses and order (critics, actor on the updated critics, temperature, targets)
         alpha = log_alpha.exp().detach()
         scaler.update((t["reward"] - alpha * -1.0).double().reshape(1), (0.99 * (1 - t["terminated"])).double().reshape(1))
@@ -109,8 +118,7 @@ def test_td3_updates_match_a_plain_autograd_implementation():
     actor_opt, critic_opt = torch_adam(actor, args.actor_lr, args.beta1), torch_adam(critic, args.critic_lr, args.beta1)
     scaler, memory = td3.TDErrorScaler(), []
     for step, t in enumerate(stream(12, batch=3, capacity=4), start=1):
-        learner(t["obs"], t["action"], t["raw_next_obs"], t["reward"], t["terminated"], t["indices"], t["noises"][0],
-                t["next_noise"])
+        learner(td3_inputs(t))
         scaler.update(t["reward"].double().reshape(1), (0.99 * (1 - t["terminated"])).double().reshape(1))
         sigma = scaler.sigma()
         memory = (memory + [(t["obs"], t["action"], t["reward"], t["raw_next_obs"].float(), t["terminated"])])[-4:]
@@ -152,8 +160,7 @@ def test_td3_smoothing_noise_is_clipped_and_the_actor_waits_its_turn():
     learner.critic_target.forward = spy
     actor_before = copy.deepcopy(learner.actor.state_dict())
     for i in range(1, 4):
-        learner(t["obs"], t["action"], t["raw_next_obs"], t["reward"], t["terminated"], t["indices"], huge_noise,
-                t["next_noise"])
+        learner(td3_inputs(t)._replace(smoothing_noise=huge_noise))
         if i == 1:
             with torch.no_grad():
                 expected = (learner.actor_target(t["raw_next_obs"].float().unsqueeze(0)) + 0.5).clamp(-1, 1)
@@ -171,16 +178,11 @@ def test_compiled_update_matches_eager(module, cls, buffer_size, batch_size):
     compiled, _ = make(module, cls, seed=3, buffer_size=buffer_size, batch_size=batch_size, hidden_size=64)
     transitions = stream(200, batch=batch_size, capacity=buffer_size, seed=4)
 
-    def inputs(t):
-        common = (t["obs"], t["action"])
-        if module is sac:
-            return (*common, torch.tensor(-1.0), t["raw_next_obs"], t["reward"], t["terminated"], t["indices"],
-                    t["noises"], t["next_noise"])
-        return (*common, t["raw_next_obs"], t["reward"], t["terminated"], t["indices"], t["noises"][0], t["next_noise"])
-
+    inputs = sac_inputs if module is sac else td3_inputs
     step = compile_update(compiled, inputs(transitions[0]))
+    assert isinstance(step, CompiledUpdate)
     for t in transitions:
-        out_eager, out_compiled = eager(*inputs(t)), step(*inputs(t))
+        out_eager, out_compiled = eager(inputs(t)), step(inputs(t))
         if t["terminated"]:
             eager.td_scaler.end_episode()
             compiled.td_scaler.end_episode()

@@ -1,5 +1,5 @@
 """Every algorithm script run as a user runs it: logs, bad input, non-finite values, checkpoints, resume and
-signals. The machinery behind these is run_tools.py (unit-tested in test_run_tools.py); here each script shows, end
+signals. The machinery behind these is incremental_utils/ (unit-tested in test_run.py); here each script shows, end
 to end, that its own loop uses it: the learner state it checkpoints is complete, its non-finite branches are right."""
 import importlib
 import json
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import run_tools
-from helpers import env_for, run_script, scalars, start_script, text_tags
-from run_tools import SCRIPTS, RunError
+from helpers import REPO, env_for, run_script, scalars, start_script, text_tags
+from helpers import SCRIPTS
+from incremental_utils.checkpoints import load_checkpoint as load
+from incremental_utils.errors import RunError
 
 per_script = pytest.mark.parametrize("algo", SCRIPTS)
 TASK = {"stream_q": "CartPole-v1"}  # a task each script can run; Hopper-v4 for the continuous ones
@@ -20,7 +21,7 @@ LOSSES = {"stream_q": ["losses/td_loss", "losses/q_values"]}
 
 
 def load_checkpoint(algo, path):
-    return run_tools.load_checkpoint(path, algo)
+    return load(path, algo)
 
 
 @per_script
@@ -131,20 +132,21 @@ def test_an_environment_crash_shows_its_traceback_and_keeps_the_run(tmp_path, al
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert "RuntimeError: the simulator blew up" in out.stderr and "Traceback" in out.stderr
-    assert lines[-1].startswith(f"{algo}.py: failed at step 49 (above); resume with --resume"), lines[-1]
+    assert lines[-1] == f"{algo}.py: failed at step 49 (above); resume with: python {REPO / algo}.py --resume runs/crash"
     checkpoint, _ = load_checkpoint(algo, tmp_path / "runs" / "crash")
     assert checkpoint["global_step"] == 49 and checkpoint["mid_episode"]
 
 
 @per_script
-def test_skip_mode_goes_on_from_a_good_next_state(tmp_path, algo):
-    """A non-finite reward with a good S': no update, and the run goes on from S' (the env raises if a non-finite
-    action ever reaches it)."""
+def test_skip_mode_ends_the_episode_at_a_non_finite_reward_and_goes_on(tmp_path, algo):
+    """A non-finite reward: no update (the learner never sees it), the episode ends there and the run goes on (the env
+    raises if a non-finite action ever reaches it)."""
     out = run_script(f"{algo}.py", "--env", env_for(algo, "NanReward-v0"), "--total-timesteps", 200, "--compile", "off",
                      "--run-name", "skip", "--on-nonfinite", "skip", "--log-every", 100, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     logs = scalars(tmp_path / "runs" / "skip")
     assert logs["charts/nonfinite_skips"][-1] == (200, 1.0)
+    assert [int(v) for _, v in logs["charts/episodic_length"]][:4] == [20, 20, 10, 20]
     assert all(np.isfinite(value) for _, value in logs["charts/episodic_return"])
     loss = LOSSES.get(algo, ["losses/critic_loss"])[0]
     assert logs[loss][-1][0] == 200 and np.isfinite(logs[loss][-1][1])

@@ -140,3 +140,34 @@ def test_filters_and_bad_input(runs, tmp_path):
         result = subprocess.run([*PLOT, *args, "--out", str(tmp_path / "g")], cwd=runs, capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "g.png").exists()
+
+
+def test_episodes_exported_to_csv_plot_and_score_as_the_event_files_do(runs, tmp_path):
+    """--export-episodes writes global step, return and length of every episode; plot.py reads those files as runs,
+    with the same groups and final returns as from the event files (returns kept to 0.01)."""
+    real = runs / "real"
+    out = subprocess.run([*PLOT, str(real), "--out", str(tmp_path / "fig"), "--formats", "png", "--export-episodes",
+                          str(tmp_path / "data")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    exported = tmp_path / "data" / "Pendulum-v1__avg__7.csv.gz"
+    ident, steps, returns, lengths = plot.read_episodes(exported)
+    assert ident == ("Pendulum-v1", "avg", 7, True)
+    assert list(steps) == [200, 400, 600] and list(lengths) == [200, 200, 200]
+    from_events = plot.load_runs([real])[0]
+    np.testing.assert_allclose(returns, from_events.returns, atol=0.005)
+    from_csv = plot.load_runs([exported])[0]
+    assert (from_csv.env, from_csv.exp_name, from_csv.seed) == ("Pendulum-v1", "avg", 7)
+    again = subprocess.run([*PLOT, str(tmp_path / "data"), "--out", str(tmp_path / "fig2"), "--formats", "png"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "| Pendulum-v1 | avg | 1 |" in again.stdout
+
+
+def test_final_steps_and_per_seed_scores(runs):
+    """Group a: return c + step / 50, episodes every 10 steps to step 1000. The last 100 steps (901-1000) average
+    c + 19.1 per run, so 39.1 across c = 10, 20, 30; the per-seed table lists each."""
+    groups = plot.group_runs(plot.load_runs([runs / "synth"], envs=["Synth-v0"], exp_names=["a"]))
+    last = plot.final_performance(groups[("Synth-v0", "a")], steps=100)
+    assert last["window"] == (900, 1000) and last["scores"] == pytest.approx([29.1, 39.1, 49.1])
+    table = plot.markdown_table(groups, 0.1, 100) + "\n" + plot.per_seed_table(groups, 0.1, 100)
+    assert "| Synth-v0 | a | 3 | 39.1 |" in table and "last 100 steps" in table
+    assert "| Synth-v0 | a | 1 | 29.1 | 29.1 | 100 | 1k |" in table

@@ -212,13 +212,13 @@ def test_recipe_small_and_slurm_dry_run(tmp_path):
 def test_every_exit_status_a_script_can_end_with_is_explained(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     import sweep
-    import run_tools
+    from incremental_utils.errors import EXIT_CODES
 
     log = tmp_path / "stdout.log"
     log.write_text("avg.py: robot error at step 12: lost the robot; resume with --resume runs/x\n")
     assert sweep.explain_exit(4, log) == ("exit 4, robot error: avg.py: robot error at step 12: lost the robot; "
                                           "resume with --resume runs/x")
-    for code, meaning in run_tools.EXIT_CODES.items():
+    for code, meaning in EXIT_CODES.items():
         assert sweep.explain_exit(code, tmp_path / "no-log").startswith(f"exit {code}, {meaning.split(' (')[0]}")
     assert sweep.explain_exit(-9, tmp_path / "no-log") == "exit -9, killed by SIGKILL (out of memory?)"
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import stream_ac
-from run_tools import load_checkpoint
-from update_tools import ObGD, compile_update
+from incremental_utils.checkpoints import load_checkpoint
+from incremental_utils.compiling import CompiledUpdate, compile_update
+from incremental_utils.updates import ObGD
 from helpers import assert_states_close, run_script, scalars
 
 GAMMA, LAMBDA = 0.99, 0.8
@@ -38,7 +39,7 @@ def run_stream(step, learner, transitions):
     obs, sample = learner.observe(torch.zeros(learner.obs_stats.mean.shape[0], dtype=torch.float64),
                                   torch.tensor(-0.5)), torch.zeros(learner.action_low.shape[0])
     for raw, r, term, t, noise, ends in transitions:
-        action, sample, obs, ok = step(obs, sample, raw, r, term, t, noise)
+        action, sample, obs, ok = step(stream_ac.StepInputs(obs, sample, raw, r, term, t, noise))
         if ends:
             learner.end_episode()
     return obs, sample, action
@@ -267,7 +268,7 @@ def test_one_stream_ac_update_matches_a_plain_autograd_implementation(terminated
     before = copy.deepcopy(learner)
     actor, critic, delta = reference_update(learner, obs, sample, raw, r, term, t)
     assert np.sign(delta.item()) == np.sign(reward)
-    before(obs, sample, raw, r, term, t, noise)
+    before(stream_ac.StepInputs(obs, sample, raw, r, term, t, noise))
     for ours, ref in [(before.actor, actor), (before.critic, critic)]:
         for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
             torch.testing.assert_close(p, q.detach(), rtol=1e-4, atol=1e-6, msg=name)
@@ -295,7 +296,8 @@ def test_compiled_update_matches_eager_over_many_updates(optimizer):
     eager, compiled = make_learner(seed=4, optimizer=optimizer), make_learner(seed=4, optimizer=optimizer)
     transitions = random_transitions(300, seed=5)
     raw, r, term, t, noise, _ = transitions[0]
-    step = compile_update(compiled, (torch.zeros(6), torch.zeros(2), raw, r, term, t, noise))
+    step = compile_update(compiled, stream_ac.StepInputs(torch.zeros(6), torch.zeros(2), raw, r, term, t, noise))
+    assert isinstance(step, CompiledUpdate)
     *_, a_eager = run_stream(eager, eager, transitions)
     *_, a_compiled = run_stream(step, compiled, transitions)
     torch.testing.assert_close(a_compiled, a_eager, rtol=1e-3, atol=1e-4)
@@ -306,8 +308,8 @@ def test_compiled_update_matches_eager_over_many_updates(optimizer):
 @pytest.mark.parametrize("env, skips, lengths", [
     # the overflowing observation spoils the update and the next action; the episode ends there, no NaN is sent
     ("faulty_envs:HugeObservation-v0", 1, [20, 20, 10, 20]),
-    # a NaN reward: no update, but S' is good, so the episode goes on from it
-    ("faulty_envs:NanReward-v0", 1, [20, 20, 20])])
+    # a NaN reward: no update, and the episode ends there (the learner never sees it)
+    ("faulty_envs:NanReward-v0", 1, [20, 20, 10, 20])])
 def test_skip_mode_goes_on_without_sending_a_non_finite_action(tmp_path, env, skips, lengths):
     out = run_script("stream_ac.py", "--env", env, "--no-obs-norm", "--on-nonfinite", "skip", "--total-timesteps", 70,
                      "--log-every", 70, "--compile", "off", "--run-name", "skip", cwd=tmp_path)
@@ -345,13 +347,15 @@ def test_discrete_compiled_update_matches_eager_on_minatar_planes():
     g = torch.Generator().manual_seed(5)
     stream = [((torch.rand(10, 10, 4, generator=g) < 0.2).double(), torch.randn((), generator=g),
                torch.tensor(float(i % 29 == 28)), torch.rand((), generator=g)) for i in range(150)]
-    step = compile_update(compiled, (torch.zeros(10, 10, 4), torch.tensor(0), stream[0][0], stream[0][1],
-                                     stream[0][2], torch.tensor(0.0), stream[0][3]))
+    step = compile_update(compiled, stream_ac.StepInputs(torch.zeros(10, 10, 4), torch.tensor(0), stream[0][0],
+                                                         stream[0][1], stream[0][2], torch.tensor(0.0), stream[0][3]))
+    assert isinstance(step, CompiledUpdate)
     actions = []
     for learner, fn in ((eager, eager), (compiled, step)):
         obs, sample, taken = torch.zeros(10, 10, 4), torch.tensor(0), []
         for raw, reward, terminated, noise in stream:
-            action, sample, obs, ok = fn(obs, sample, raw, reward, terminated, torch.tensor(0.0), noise)
+            action, sample, obs, ok = fn(stream_ac.StepInputs(obs, sample, raw, reward, terminated, torch.tensor(0.0),
+                                                              noise))
             taken.append(int(action))
             if terminated:
                 learner.end_episode()

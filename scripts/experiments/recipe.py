@@ -31,9 +31,10 @@ def size_text(n):
         f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def main(name, title, variants, add_args=None, argv=None, paper=PAPER, small=SMALL):
-    """variants: a list of (exp_name, algo, extra args), or a function of the parsed arguments returning one.
-    paper, small: the defaults without and with --small (budget, num_seeds, envs)."""
+def main(name, title, variants, add_args=None, argv=None, paper=PAPER, small=SMALL, plot_args=()):
+    """variants: a list of (exp_name, algo, extra args[, {"seeds": N, "budget": STEPS}]), or a function of the parsed
+    arguments returning one. paper, small: the defaults without and with --small (budget, num_seeds, envs);
+    plot_args: more options for the figure's plot.py."""
     PAPER, SMALL = paper, small  # noqa: N806 (the module defaults, or the recipe's own)
     parser = sweep.ArgumentParser(description=title, allow_abbrev=False,
                                   epilog="Arguments after -- (or not known here) go to every run's script.")
@@ -66,14 +67,16 @@ def main(name, title, variants, add_args=None, argv=None, paper=PAPER, small=SMA
         if slurm_only and not args.slurm:
             raise sweep.SweepError(f"--{slurm_only[0].replace('_', '-')} applies to --slurm only")
         chosen = variants(args) if callable(variants) else variants
-        chosen = [(exp, algo, (*opts, *extra)) for exp, algo, opts in chosen]
+        chosen = [(exp, algo, (*opts, *extra), *own) for exp, algo, opts, *own in chosen]
         jobs = sweep.make_jobs(chosen, envs, range(1, num_seeds + 1), budget)
-        exp_names = [exp for exp, _, _ in chosen]
-        print(f"{name}: {len(chosen)} variants x {len(envs)} env(s) x {num_seeds} seed(s) = {len(jobs)} runs of "
-              f"{budget:,} steps", flush=True)
+        exp_names = [exp for exp, *_ in chosen]
+        own = any(len(c) > 3 for c in chosen)
+        print(f"{name}: {len(chosen)} variants x {len(envs)} env(s) x {'up to ' if own else ''}{num_seeds} seed(s) = "
+              f"{len(jobs)} runs of {budget:,} steps" + (" (some variants: their own seeds or budget)" if own else ""),
+              flush=True)
         plot_cmd = ["runs", "--envs", *envs, "--exp-names", *exp_names, "--out", f"{args.figures}/{name}",
                     "--table", f"{args.figures}/{name}.md", "--title", f"{title} ({size_text(budget)} steps)",
-                    "--smooth", str(args.smooth)]
+                    "--smooth", str(args.smooth), *plot_args]
         if args.slurm:
             run_name = args.name or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
             code = slurm.submit(jobs, run_name, slurm.sbatch_lines(args), args.wait, args.dry_run, args.max_running)

@@ -1,6 +1,7 @@
-"""run_tools.py, the run machinery every script shares, tested in-process with a stand-in learner on a cheap
-environment: argument checks and resume rules, checkpoints (atomic writes, loading, keeping K), environment
-checks, args.json provenance, logging, the console line, and how a run ends (exit codes, saved state)."""
+"""incremental_utils/ (flags, checkpoints, environments, run), the run machinery every script shares, tested
+in-process with a stand-in learner on a cheap environment: argument checks and resume rules, checkpoints (atomic
+writes, loading, keeping K), environment checks, args.json provenance, logging, the console line, the order a run's
+steps must come in, and how a run ends (exit codes, saved state)."""
 import json
 import os
 import re
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -15,18 +17,29 @@ import pytest
 import torch
 
 import robots
-import run_tools
 from helpers import REPO, scalars
-from run_tools import RunError
-from update_tools import MetricSums
+from incremental_utils import checkpoints, environments, flags
+from incremental_utils.errors import EXIT_CODES, RunError
+from incremental_utils.project import algorithm_scripts
+from incremental_utils import run as run_module
+from incremental_utils.run import Run
+from incremental_utils.updates import MetricSums
 
 import faulty_envs  # noqa: F401 (registers Point-v0 and the faulty environments)
 
 
 @dataclass
-class Args(run_tools.RunArgs):
+class Args(flags.RunArgs):
     lr: float = 0.1
     """a stand-in hyperparameter"""
+
+
+class Step(NamedTuple):
+    obs: torch.Tensor
+
+
+class Out(NamedTuple):
+    ok: torch.Tensor
 
 
 class Learner(torch.nn.Module):
@@ -37,10 +50,10 @@ class Learner(torch.nn.Module):
         self.register_buffer("sum_obs", torch.zeros(obs_dim, dtype=torch.float64))
         self.metrics = MetricSums("losses/critic_loss")
 
-    def forward(self, obs):
-        self.sum_obs += obs
-        self.metrics.add(torch.tensor(True), {"losses/critic_loss": obs.square().sum()})
-        return torch.isfinite(obs).all()
+    def forward(self, s: Step):
+        self.sum_obs += s.obs
+        self.metrics.add(torch.tensor(True), {"losses/critic_loss": s.obs.square().sum()})
+        return Out(torch.isfinite(s.obs).all())
 
 
 @pytest.fixture(autouse=True)
@@ -54,15 +67,16 @@ def in_tmp_with_signals_restored(tmp_path, monkeypatch):
 
 def train(args, fault_at=None, fault=None, checkpoint=None):
     """A script's training loop in miniature, around the shared machinery. fault: what happens at step fault_at."""
-    run = run_tools.Run("tiny", args, checkpoint)
+    run = Run("tiny", args, checkpoint)
     env = run.make_env()
-    learner = Learner(run.shapes()[0])
-    run.start(learner, "stand-in")
+    learner = Learner(env.observation_space.shape[0])
+    run.start(learner, "stand-in", parts={"learner": learner})
+    update = run.compile(learner, Step(torch.zeros(3, dtype=torch.float64)))
     with run.guard():
         run.reset_env()
-        while run.global_step < args.total_timesteps and run.stop_signal is None:
+        while run.running():
             raw_next_obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-            if run.global_step + 1 == fault_at:
+            if run.global_step == fault_at:
                 if fault == "crash":
                     raise RuntimeError("the simulator blew up")
                 if fault == "robot":
@@ -71,27 +85,23 @@ def train(args, fault_at=None, fault=None, checkpoint=None):
                     run.stop_signal = signal.SIGINT
                 if fault == "sigterm":
                     run.stop_signal = signal.SIGTERM
-                if fault == "nan":
-                    reward = float("nan")
-            culprit = run.count_step(reward, raw_next_obs)
-            if culprit is None:
-                run.timed(learner, torch.from_numpy(raw_next_obs))
-            else:
-                run.nonfinite(culprit)
-            run.log_window(learner.metrics)
-            if terminated or truncated:
+            out = run.step(update, Step(torch.from_numpy(raw_next_obs)))
+            if run.episode_over(out, terminated, truncated):
                 run.end_episode(info)
                 run.reset_env()
-    return run, run.finish({"learner": learner.state_dict()})
+    return run, run.finish()
 
 
 def test_exit_codes_and_scripts_are_listed_once():
-    assert set(run_tools.EXIT_CODES) == {0, 1, 2, 3, 4, 130, 143}
-    assert all((REPO / f"{name}.py").exists() for name in run_tools.SCRIPTS)
+    assert set(EXIT_CODES) == {0, 1, 2, 3, 4, 130, 143}
+    scripts = algorithm_scripts()
+    assert len(scripts) >= 6 and all((REPO / f"{name}.py").exists() for name in scripts)
+    # and every algorithm script at the top of the repository is in the list
+    assert {p.stem for p in REPO.glob("*.py") if "\nALGO = " in p.read_text()} == set(scripts)
 
 
 def test_flags_given_names_fields_and_no_flags():
-    assert run_tools.flags_given(["--env", "X", "--no-track", "--lr=3", "--seed", "4"], Args) == {"env", "track",
+    assert flags.flags_given(["--env", "X", "--no-track", "--lr=3", "--seed", "4"], Args) == {"env", "track",
                                                                                                   "lr", "seed"}
 
 
@@ -104,7 +114,7 @@ def test_flags_given_names_fields_and_no_flags():
 def test_check_args_gives_one_line_per_bad_flag(fields, message):
     args = Args(**fields)
     with pytest.raises(RunError, match=re.escape(message)):
-        run_tools.check_args(args, positive=("lr",) if fields.get("lr") == 0.0 else (),
+        flags.check_args(args, positive=("lr",) if fields.get("lr") == 0.0 else (),
                              ranges={"lr": lambda lr: lr < 1})
 
 
@@ -132,29 +142,36 @@ def test_a_finished_run_writes_its_provenance_logs_and_summary(capsys):
                         line), line
 
 
-def test_console_line_says_speed_and_time_left():
-    run = run_tools.Run("tiny", Args(env="faulty_envs:Point-v0", total_timesteps=10_000, run_name="line"))
-    run.loop_start = (0.0, 0)
-    run.global_step = 1000
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(run_tools.time, "time", lambda: 10.0)  # 1000 steps in 10 s: 100 steps/s, 9000 steps left
-        assert run.console_line().endswith("SPS=100, time_left=00:01:30")
+def test_console_line_says_speed_and_time_left_from_recent_throughput(monkeypatch):
+    run = Run("tiny", Args(env="faulty_envs:Point-v0", total_timesteps=100_000, run_name="line"))
+    clock = [0.0]
+    monkeypatch.setattr(run_module.time, "time", lambda: clock[0])
+    run.speed_samples.append((0.0, 0))
+    clock[0], run.global_step = 10.0, 1000  # a slow first 10 s: 100 steps/s
+    assert run.console_line().endswith("SPS=100, time_left=00:16:30")
+    clock[0], run.global_step = 25.0, 16000  # then 1000 steps/s; the slow start no longer counts
+    assert run.console_line().endswith("SPS=1000, time_left=00:01:24")
 
 
-@pytest.mark.parametrize("fault, code, message", [
-    ("crash", 1, "tiny.py: failed at step 29 (above); resume with --resume runs/end/checkpoints/step_000000000029.pt"),
-    ("robot", 4, "tiny.py: robot error at step 29: lost the robot; resume with --resume runs/end/checkpoints/"),
-    ("nan", 3, "tiny.py: non-finite reward at step 30; the update was not applied and the last good state is saved"),
-    ("sigint", 130, "tiny.py: stopped by SIGINT at step 30; resume with --resume runs/end/checkpoints/"),
-    ("sigterm", 143, "tiny.py: stopped by SIGTERM at step 30; resume with --resume runs/end/checkpoints/")])
-def test_every_way_a_run_ends_saves_its_state_and_says_why(capsys, fault, code, message):
-    run, exit_code = train(Args(env="faulty_envs:Point-v0", total_timesteps=100, run_name="end", log_every=10),
+@pytest.mark.parametrize("env, fault, code, step, message", [
+    ("Crash-v0", None, 1, 49, "tiny.py: failed at step 49 (above); resume with: python tiny.py --resume runs/end"),
+    ("Point-v0", "robot", 4, 30, "tiny.py: robot error at step 30: lost the robot; resume with: python tiny.py "
+                                 "--resume runs/end"),
+    ("NanReward-v0", None, 3, 50, "tiny.py: non-finite reward at step 50; the update was not applied and the last "
+                                  "good state is saved"),
+    ("Point-v0", "sigint", 130, 30, "tiny.py: stopped by SIGINT at step 30; resume with: python tiny.py --resume "
+                                    "runs/end"),
+    ("Point-v0", "sigterm", 143, 30, "tiny.py: stopped by SIGTERM at step 30; resume with: python tiny.py --resume "
+                                     "runs/end")])
+def test_every_way_a_run_ends_saves_its_state_and_says_why(capsys, env, fault, code, step, message):
+    run, exit_code = train(Args(env=f"faulty_envs:{env}", total_timesteps=100, run_name="end", log_every=10),
                            fault_at=30, fault=fault)
     err = capsys.readouterr().err
-    assert exit_code == code and err.strip().splitlines()[-1].startswith(message), err
-    assert ("Traceback" in err) == (fault == "crash")
-    checkpoint, _ = run_tools.load_checkpoint(run.dir, "tiny")
-    assert checkpoint["global_step"] == (29 if fault in ("crash", "robot") else 30) and checkpoint["mid_episode"]
+    assert exit_code == code and err.strip().splitlines()[-1] == message or \
+        err.strip().splitlines()[-1].startswith(message), err
+    assert ("Traceback" in err) == (env == "Crash-v0")
+    checkpoint, _ = checkpoints.load_checkpoint(run.dir, "tiny")
+    assert checkpoint["global_step"] == step and checkpoint["mid_episode"]
     assert checkpoint["learner"]["sum_obs"].isfinite().all()
     assert "charts/episodic_return" in scalars(run.dir)  # TensorBoard flushed
     assert not (run.dir / "summary.json").exists()
@@ -165,7 +182,7 @@ def test_resume_restores_counters_and_streams_and_continues_the_logs():
     whole, _ = train(Args(**{**args, "run_name": "whole"}, total_timesteps=100))
     cut, code = train(Args(**args, total_timesteps=100), fault_at=41, fault="sigint")
     assert code == 130
-    resumed_args, checkpoint = run_tools.resume_args(Args(resume=str(cut.dir), total_timesteps=100),
+    resumed_args, checkpoint = flags.resume_args(Args(resume=str(cut.dir), total_timesteps=100),
                                                      {"resume", "total_timesteps"}, "tiny")
     assert resumed_args.run_name == "cut" and checkpoint["global_step"] == 41
     resumed, code = train(resumed_args, checkpoint=checkpoint)
@@ -183,7 +200,7 @@ def test_checkpoints_keep_the_last_k():
 
 def test_bad_checkpoints_are_refused_in_one_line(tmp_path):
     run, _ = train(Args(env="faulty_envs:Point-v0", total_timesteps=40, run_name="good", checkpoint_every=20))
-    good, _ = run_tools.load_checkpoint(run.dir, "tiny")
+    good, _ = checkpoints.load_checkpoint(run.dir, "tiny")
     assert good["global_step"] == 40  # the newest in the run directory
     (tmp_path / "empty").mkdir()
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint at all")
@@ -198,28 +215,28 @@ def test_bad_checkpoints_are_refused_in_one_line(tmp_path):
              ("version.pt", "was written by another version of tiny.py")]
     for name, message in cases:
         with pytest.raises(RunError) as error:
-            run_tools.resume_args(Args(resume=str(tmp_path / name)), {"resume"}, "tiny")
+            flags.resume_args(Args(resume=str(tmp_path / name)), {"resume"}, "tiny")
         assert message in str(error.value), name
 
 
 def test_resume_applies_run_settings_and_refuses_experiment_changes():
     run, _ = train(Args(env="faulty_envs:Point-v0", total_timesteps=40, run_name="r", checkpoint_every=20))
-    args, _ = run_tools.resume_args(Args(resume=str(run.dir), total_timesteps=99, log_every=7, lr=0.5),
+    args, _ = flags.resume_args(Args(resume=str(run.dir), total_timesteps=99, log_every=7, lr=0.5),
                                     {"resume", "total_timesteps", "log_every"}, "tiny")
     assert (args.total_timesteps, args.log_every, args.lr) == (99, 7, 0.1)  # lr not given: the saved one
     for given, message in [({"lr": 0.5}, "was trained with --lr 0.1, not 0.5"),
                            ({"env": "Hopper-v4"}, "was trained with --env faulty_envs:Point-v0, not Hopper-v4")]:
         with pytest.raises(RunError, match=re.escape(message)):
-            run_tools.resume_args(Args(resume=str(run.dir), **given), {"resume", *given}, "tiny")
+            flags.resume_args(Args(resume=str(run.dir), **given), {"resume", *given}, "tiny")
 
 
 def test_a_checkpoint_of_another_shape_or_learner_is_refused():
     run, _ = train(Args(env="faulty_envs:Point-v0", total_timesteps=40, run_name="s", checkpoint_every=20))
-    checkpoint, _ = run_tools.load_checkpoint(run.dir, "tiny")
+    checkpoint, _ = checkpoints.load_checkpoint(run.dir, "tiny")
     for bad, message in [({**checkpoint, "obs_dim": 99}, "checkpoint shapes (obs 99, action 2) do not match"),
                          ({**checkpoint, "learner": {"other": torch.zeros(1)}}, "does not fit this tiny.py")]:
         args = Args(**bad["args"])
-        again = run_tools.Run("tiny", args, bad)
+        again = Run("tiny", args, bad)
         again.make_env()
         with pytest.raises(RunError, match=re.escape(message)):
             again.start(Learner())
@@ -228,16 +245,16 @@ def test_a_checkpoint_of_another_shape_or_learner_is_refused():
 
 KILL_DURING_WRITE = """
 import sys, time, torch
-import run_tools
+from incremental_utils import checkpoints
 folder = sys.argv[1]
-run_tools.save_atomic({"global_step": 1, "payload": torch.arange(1000.0)}, folder + "/step_000000000001.pt")
+checkpoints.save_atomic({"global_step": 1, "payload": torch.arange(1000.0)}, folder + "/step_000000000001.pt")
 def slow_save(obj, f):  # writes part of the file, then hangs until killed
     f.write(b"PARTIAL" * 100000)
     f.flush()
     print("writing", flush=True)
     time.sleep(60)
 torch.save = slow_save
-run_tools.save_atomic({"global_step": 2}, folder + "/step_000000000002.pt")
+checkpoints.save_atomic({"global_step": 2}, folder + "/step_000000000002.pt")
 """
 
 
@@ -261,23 +278,24 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_path)
 ])
 def test_environments_a_script_cannot_use_are_refused_in_one_line(env, checks, message):
     with pytest.raises(RunError, match=re.escape(message)):
-        run_tools.make_env(Args(env=env), "tiny", **checks)
+        environments.make_env(Args(env=env), "tiny", **checks)
 
 
 def test_unbounded_actions_are_fine_for_a_script_that_clips():
-    env = run_tools.make_env(Args(env="faulty_envs:Unbounded-v0"), "tiny", finite_action_bounds=False)
+    env = environments.make_env(Args(env="faulty_envs:Unbounded-v0"), "tiny", finite_action_bounds=False)
+    assert np.isinf(env.action_space.high).all() and env.observation_space.shape == (3,)
     env.close()
 
 
 def test_robot_flags_apply_only_to_robot_environments():
     with pytest.raises(RunError, match="apply only to UR5Reacher-v0"):
-        run_tools.make_env(Args(robot_host="10.0.0.2"), "tiny")
+        environments.make_env(Args(robot_host="10.0.0.2"), "tiny")
 
 
 def test_an_unwritable_run_directory_is_one_line(tmp_path):
     (tmp_path / "runs").write_text("a file where the log directory should be")
     with pytest.raises(RunError, match="cannot write the run directory runs/x"):
-        run_tools.Run("tiny", Args(run_name="x"))
+        Run("tiny", Args(run_name="x"))
 
 
 @pytest.mark.parametrize("reward, obs, culprit", [
@@ -287,7 +305,7 @@ def test_an_unwritable_run_directory_is_one_line(tmp_path):
     (1.0, np.ones((10, 10, 4), dtype=bool), None), (1.0, np.full(4, 255, dtype=np.uint8), None),
     (np.float32(2.0), [0.0, 1.0], None)])
 def test_count_step_names_the_non_finite_input_as_the_learner_would_see_it(reward, obs, culprit):
-    counter = type("Counter", (), {"count_step": run_tools.Run.count_step})()
+    counter = type("Counter", (), {"count_step": Run.count_step})()
     counter.global_step = counter.episode_length = 0
     counter.episode_return = 0.0
     assert counter.count_step(reward, obs) == culprit
@@ -295,5 +313,43 @@ def test_count_step_names_the_non_finite_input_as_the_learner_would_see_it(rewar
 
 
 def test_default_run_name_writes_a_namespaced_env_id_flat_as_sweep_does():
-    run = run_tools.Run("tiny", Args(env="MinAtar/Breakout-v1", seed=4))
+    run = Run("tiny", Args(env="MinAtar/Breakout-v1", seed=4))
     assert run.dir.parent.name == "runs" and run.dir.name.startswith("MinAtar-Breakout-v1__tiny__4__")
+
+
+def test_a_run_refuses_its_steps_out_of_order():
+    args = Args(env="faulty_envs:Point-v0", total_timesteps=10, run_name="order")
+    run = Run("tiny", args)
+    learner = Learner()
+    with pytest.raises(RuntimeError, match=r"Run.start\(\) needs Run.make_env\(\) first"):
+        run.start(learner)
+    run.make_env()
+    with pytest.raises(RuntimeError, match=r"Run.compile\(\) needs Run.start\(\) first"):
+        run.compile(learner, Step(torch.zeros(3, dtype=torch.float64)))
+    run.start(learner)
+    with pytest.raises(RuntimeError, match=r"Run.guard\(\) needs Run.compile\(\) first"):
+        with run.guard():
+            pass
+    run.compile(learner, Step(torch.zeros(3, dtype=torch.float64)))
+    with pytest.raises(RuntimeError, match=r"Run.finish\(\) needs Run.guard\(\) first"):
+        run.finish()
+    with run.guard():
+        pass
+    assert run.finish() == 0
+
+
+def test_args_json_says_how_the_update_runs_and_why(capsys):
+    run, _ = train(Args(env="faulty_envs:Point-v0", total_timesteps=100, run_name="mode", compile="auto"))
+    saved = json.loads((run.dir / "args.json").read_text())
+    assert saved["update"] == {"compiled": False, "why": "--compile auto with a budget under 10000 steps"}
+    assert "update: eager (--compile auto with a budget under 10000 steps)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env, skips", [("NanReward-v0", 1), ("NanObservation-v0", 1)])
+def test_skip_mode_skips_the_update_and_ends_the_episode_at_a_non_finite_input(env, skips):
+    run, code = train(Args(env=f"faulty_envs:{env}", total_timesteps=100, run_name="skip", on_nonfinite="skip",
+                           log_every=10))
+    assert code == 0 and run.skipped == skips
+    lengths = [int(v) for _, v in scalars(run.dir)["charts/episodic_length"]]
+    assert lengths[:3] == [20, 20, 10]  # the third episode ended at step 50, where the bad value came
+    assert run.learner.sum_obs.isfinite().all()  # the learner never saw it

@@ -1,9 +1,8 @@
-"""Pieces the algorithm scripts build their one-sample update from, written so that the whole update (forward
-passes, backward pass, optimiser step, statistics, the next action) compiles into a single call of C++:
+"""What an update is built from, written so that the whole one-sample update (forward passes, backward pass,
+optimiser step, statistics, the next action) can be compiled into one C++ call by compiling.py:
 
-- compile_update(): traces a learner's forward() with make_fx and compiles it with Inductor.
-- Adam: torch.optim.Adam written out as tensor code, with every write masked by an all-finite flag; ObGD, the
-  Stream-X optimiser (eligibility traces, overshooting bound), likewise.
+- Adam: torch.optim.Adam written out as tensor code, every write masked by an all-finite flag; ObGD, the Stream-X
+  optimiser (eligibility traces, overshooting bound), likewise.
 - grad_and_aux(), all_finite(): gradients by parameter name, and the cheap finiteness check.
 - ReplayBuffer: transitions in preallocated tensors (learner state, so checkpointed and compiled with the rest).
 - MetricSums: named running sums of logged values, kept inside the learner so logging costs no sync per step.
@@ -15,113 +14,7 @@ import copy
 import torch
 import torch.nn as nn
 
-aten = torch.ops.aten
-_tracing = False  # true while compile_update() traces an update
-
-
-# --------------------------------------------------------------------------------------------- compiling
-def _small(*sizes):
-    return min(sizes) <= 4
-
-
-# A large matrix multiplied along its contiguous axis (a big layer's forward pass: x @ W.T) goes to the BLAS library
-# even for one sample: Inductor's loop for it transposes the matrix tile by tile and is slower than MKL.
-LARGE_MATRIX = 100_000
-
-
-def _large_along_rows(matrix, dim):
-    return matrix.numel() > LARGE_MATRIX and matrix.stride(dim) == 1
-# Up to this many multiply-adds a convolution of one sample is written as multiply-and-sum over its patches and fuses
-# into the update (MinAtar's 3x3 conv: 37k); bigger ones (Atari's) keep the library's convolution.
-SMALL_CONV_MACS = 131_072
-
-
-def _mm(a, b):
-    if not _small(a.shape[0], a.shape[1], b.shape[1]) or _large_along_rows(b, 0) or _large_along_rows(a, 1):
-        return NotImplemented
-    return (a.unsqueeze(-1) * b.unsqueeze(0)).sum(1)
-
-
-def _addmm(bias, a, b, beta=1, alpha=1):
-    if beta != 1 or alpha != 1 or _mm(a, b) is NotImplemented:
-        return NotImplemented
-    return bias + (a.unsqueeze(-1) * b.unsqueeze(0)).sum(1)
-
-
-def _mv(matrix, vector):
-    if _large_along_rows(matrix, 1):
-        return NotImplemented
-    return (matrix * vector).sum(-1)
-
-
-def _addmv(bias, matrix, vector, beta=1, alpha=1):
-    if beta != 1 or alpha != 1 or _large_along_rows(matrix, 1):
-        return NotImplemented
-    return bias + (matrix * vector).sum(-1)
-
-
-def _conv_patches(x, weight, stride, padding, dilation, transposed, groups):
-    """x's patches (N, C, H', W', kh, kw) for a plain 2-D convolution of one sample small enough to fuse; else None."""
-    if (transposed or groups != 1 or x.dim() != 4 or x.shape[0] != 1 or any(d != 1 for d in dilation)
-            or weight.numel() * x.shape[2] * x.shape[3] // (stride[0] * stride[1]) > SMALL_CONV_MACS):
-        return None
-    if any(padding):
-        x = torch.nn.functional.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    return x.unfold(2, weight.shape[2], stride[0]).unfold(3, weight.shape[3], stride[1])
-
-
-def _convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
-    patches = _conv_patches(x, weight, stride, padding, dilation, transposed, groups)
-    if patches is None:
-        return NotImplemented
-    out = (patches.unsqueeze(1) * weight[None, :, :, None, None]).sum((2, 5, 6))
-    return out if bias is None else out + bias[None, :, None, None]
-
-
-def _convolution_backward(grad_out, x, weight, bias_sizes, stride, padding, dilation, transposed, output_padding,
-                          groups, output_mask):
-    patches = _conv_patches(x, weight, stride, padding, dilation, transposed, groups)
-    if patches is None or output_mask[0]:  # the input's gradient (a conv after a conv) stays with the library
-        return NotImplemented
-    grad_weight = (grad_out[:, :, None, :, :, None, None] * patches.unsqueeze(1)).sum((0, 3, 4)) \
-        if output_mask[1] else None
-    return None, grad_weight, grad_out.sum((0, 2, 3)) if output_mask[2] else None
-
-
-# For one sample (or a batch of at most 4) a matrix product is written as multiply-and-sum while tracing: Inductor
-# then fuses the whole update, weight gradients and the optimiser step included, into one C++ kernel, where calling
-# MKL for each tiny product costs more than the arithmetic. Larger batches and large matrices keep the library's
-# matrix multiply; small convolutions of one sample (and their weight gradients) are written out likewise. Same math.
-SMALL_MATMULS_AS_SUMS = {aten.mm.default: _mm, aten.addmm.default: _addmm, aten.mv.default: _mv,
-                         aten.addmv.default: _addmv, aten.convolution.default: _convolution,
-                         aten.convolution_backward.default: _convolution_backward}
-
-
-def compile_update(learner, example_inputs):
-    """learner.forward (one update) as a single call of Inductor-generated C++. make_fx traces the update, backward
-    pass included, into a graph whose inputs are the learner's state tensors and the step's inputs; Inductor
-    compiles it (cached on disk for later runs). Unlike torch.compile, the call checks no Dynamo guards: those
-    cost about a quarter of an update's time at this size. The state is updated in place, as in eager mode."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-    import torch._inductor.config as inductor_config
-
-    global _tracing
-    state = [*learner.parameters(), *learner.buffers()]
-    names = [*dict(learner.named_parameters()), *dict(learner.named_buffers())]
-
-    def step(*tensors):
-        return torch.func.functional_call(learner, dict(zip(names, tensors)), tensors[len(names):])
-
-    _tracing = True
-    try:
-        graph = make_fx(step, decomposition_table=SMALL_MATMULS_AS_SUMS)(*[t.clone() for t in state],
-                                                                          *example_inputs)
-    finally:
-        _tracing = False
-    with inductor_config.patch(cpp_wrapper=True, memory_planning=True, compile_threads=1):
-        compiled = torch._inductor.standalone_compile(graph, [*state, *example_inputs],
-                                                      dynamic_shapes="from_example_inputs")
-    return lambda *inputs: compiled(*state, *inputs)
+from .compiling import being_traced
 
 
 # ------------------------------------------------------------------------------------------- optimiser
@@ -146,7 +39,7 @@ class Adam(nn.Module):
     def step(self, params, grads, ok):
         exp_avg_sq = dict(self.exp_avg_sq.named_parameters())
         exp_avg = dict(self.exp_avg.named_parameters()) if self.exp_avg is not None else None
-        if not _tracing:
+        if not being_traced():  # eagerly, a branch skips a failed update; traced, a branch cannot be recorded
             if ok:
                 self.eager_step(list(params.values()), [grads[k] for k in params], [exp_avg_sq[k] for k in params],
                                 [exp_avg[k] for k in params] if exp_avg is not None else None)

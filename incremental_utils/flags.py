@@ -1,0 +1,121 @@
+"""The flags every algorithm script has (RunArgs, which each script's Args extends, so that --help lists them all),
+the checks of their values, and the rules of --resume: which flags may change when a run is continued."""
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from .checkpoints import load_checkpoint
+from .errors import RunError
+
+
+@dataclass
+class RunArgs:
+    """The flags every script has. A script's Args subclasses this and adds its hyperparameters. (Each help text is
+    one line: tyro keeps a docstring's line breaks.)"""
+    env: str = "Hopper-v4"
+    """gymnasium environment id, e.g. Hopper-v4, dm_control/reacher-hard-v0, UR5Reacher-v0, Create2Mover-v0"""
+    seed: int = 1
+    """seed of the run (torch, numpy, random, environment)"""
+    total_timesteps: int = 10_000_000
+    """environment steps to run (the paper's runs: 10M)"""
+    exp_name: Optional[str] = None
+    """experiment name, part of the run name and the grouping key of scripts/plot.py; unset: the script's name"""
+    run_name: Optional[str] = None
+    """log under runs/RUN_NAME; unset: ENV__EXP_NAME__SEED__UNIXTIME, a / in the env id written as -"""
+
+    compile: Literal["auto", "on", "off"] = "auto"
+    """compile the per-step update to C++ (~20 s once, then cached); auto: when total-timesteps >= 10000"""
+    log_every: int = 1000
+    """steps between loss / health / speed logs"""
+    track: bool = False
+    """log to Weights & Biases too (works with WANDB_MODE=offline)"""
+    wandb_project_name: str = "incremental-rl"
+    """wandb project"""
+    wandb_entity: Optional[str] = None
+    """wandb entity (team)"""
+    save_model: bool = False
+    """save the final networks and the observation statistics to runs/RUN_NAME/SCRIPT.model"""
+    capture_video: bool = False
+    """record videos of episodes to videos/RUN_NAME (needs rendering and moviepy)"""
+
+    checkpoint_every: int = 0
+    """write a checkpoint (the complete learner state) at the first episode end after every N steps; 0: at stops"""
+    keep_checkpoints: int = 3
+    """how many checkpoints to keep"""
+    resume: Optional[str] = None
+    """continue the run saved in this checkpoint file or run directory"""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """a NaN/inf loss, gradient, reward or observation: stop (the last good state saved), or skip that update"""
+
+    robot_host: Optional[str] = None
+    """UR5Reacher: IP of the real arm; unset: the simulated arm"""
+    robot_port: Optional[str] = None
+    """Create2Mover: serial device of the real robot, e.g. /dev/ttyUSB0; unset: the simulated robot"""
+    realtime: bool = False
+    """simulated robots: pace each step to the real robot's cycle"""
+
+    eval_every: int = 0
+    """evaluate the deterministic policy (no learning, separate environment) after every N steps; 0: never"""
+    eval_episodes: int = 10
+    """episodes per evaluation (--eval-every)"""
+    init_from: Optional[str] = None
+    """start a new run from the policy, critic and statistics in this .model, checkpoint or run directory"""
+
+
+# Flags that may change when a run is resumed: how it runs, not what it learns.
+RESUME_OVERRIDES = {"total_timesteps", "checkpoint_every", "keep_checkpoints", "log_every", "track", "on_nonfinite",
+                    "compile", "robot_host", "robot_port", "realtime", "eval_every", "eval_episodes", "camera"}
+
+
+def flags_given(argv, args_class):
+    """Names of the Args fields set on the command line (--no-x counts as x)."""
+    names = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return {n[3:] if n.startswith("no_") and n[3:] in args_class.__dataclass_fields__ else n for n in names}
+
+
+def check_args(args, positive=(), ranges=None):
+    """One-line errors for flags out of range: `positive` names must be > 0 (when set), `ranges` maps a name to a
+    test its value must pass (when set). The run flags every script has are checked here too."""
+    for name in ("total_timesteps", "log_every", "keep_checkpoints", "eval_episodes", *positive):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise RunError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    for name, good in {"checkpoint_every": lambda n: n >= 0, "eval_every": lambda n: n >= 0, **(ranges or {})}.items():
+        value = getattr(args, name)
+        if value is not None and not good(value):
+            raise RunError(f"--{name.replace('_', '-')} is out of range: {value}")
+    if args.eval_every and (args.robot_host or args.robot_port or getattr(args, "camera", None)):
+        raise RunError("--eval-every needs a second environment, and one robot cannot run two episodes at once; "
+                       "evaluate a saved policy on the robot with scripts/evaluate.py")
+
+
+def resume_args(args, given, algo):
+    """With --resume: the saved run's arguments, with the run settings given on this command line applied (an
+    experiment setting given with another value is refused), and the checkpoint. Otherwise args and None."""
+    if not args.resume:
+        return args, None
+    checkpoint, path = load_checkpoint(args.resume, algo)
+    known = set(type(args).__dataclass_fields__)
+    # A flag added since the checkpoint was written takes its default; one since removed cannot be honoured.
+    saved_args = {k: v for k, v in checkpoint["args"].items() if k in known}
+    unknown = sorted(set(checkpoint["args"]) - known)
+    if unknown:
+        raise RunError(f"{path} was written by another version of {algo}.py (it has --{unknown[0].replace('_', '-')}, "
+                       "which this one does not)")
+    saved = type(args)(**saved_args)
+    for name in sorted(set(given) - {"resume"}):
+        if name in RESUME_OVERRIDES:
+            setattr(saved, name, getattr(args, name))
+        elif getattr(args, name) != getattr(saved, name):
+            raise RunError(f"{path} was trained with --{name.replace('_', '-')} {getattr(saved, name)}, "
+                           f"not {getattr(args, name)}")
+    print(f"resuming {saved.run_name} from {path} at step {checkpoint['global_step']}")
+    return saved, checkpoint
+
+
+def resume_command(algo, path):
+    """The whole command that continues a run from `path` (a checkpoint or run directory), as a user types it."""
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(f"{algo}.py") else f"{algo}.py"
+    return f"python {shlex.quote(script)} --resume {shlex.quote(str(Path(path)))}"
