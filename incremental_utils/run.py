@@ -23,11 +23,9 @@ What the run knows of a learner is what the script hands it: an nn.Module whose 
 `ok` field: false when the update was not applied), an evaluation policy and the modules that make the policy. It
 never calls into the algorithm otherwise.
 """
-import collections
 import dataclasses
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -49,6 +47,7 @@ from .environments import env_random_state, make_env, set_env_random_state
 from .errors import NonFiniteStop, RunError
 from .evaluation import run_episodes
 from .flags import resume_command
+from .logs import RunLog
 from .updates import MetricSums
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episode i starts from reset(seed=args.seed + EVAL_SEED_OFFSET + i)
@@ -76,17 +75,14 @@ class Run:
         torch.set_num_threads(1)  # thread pools only slow one-sample updates down
         self.noise_gen = torch.Generator().manual_seed(args.seed)
         self.stage = "made"
-        self.env = self.eval_env = self.learner = self.policy = self.writer = None
+        self.env = self.eval_env = self.learner = self.policy = self.log = None
         self.parts, self.metrics, self.update_mode = {}, [], None
         self.stop_signal, self.old_handlers = None, {}
         self.global_step = self.episodes = self.skipped = self.exit_code = 0
         self.episode_return, self.episode_length, self.recent_returns = 0.0, 0, []
         self.skip_update, self.last_ok = None, True  # a non-finite input seen by env.step; the last update's flag
         self.wandb_id, self.message = None, ""
-        self.update_us, self.n_updates = np.zeros(args.log_every), 0  # latencies of this log window's updates
-        self.last_checkpoint_step = self.last_eval_step = self.log_step = 0
-        self.log_time, self.last_print = time.time(), 0.0
-        self.speed_samples = collections.deque()  # (time, step) of the last 20 s, for SPS and time_left
+        self.last_checkpoint_step = self.last_eval_step = 0
 
     def _require(self, stage, doing):
         if STAGES.index(self.stage) < STAGES.index(stage):
@@ -127,17 +123,12 @@ class Run:
             self._restore(learner)
             self._write_args()
             print(f"{self.algo}.py on {args.env}: {summary}; logging to {self.dir}")
-            if args.track:
-                self._start_wandb()
-            from torch.utils.tensorboard import SummaryWriter
-            # purge_step hides what a killed run logged after its checkpoint
-            self.writer = SummaryWriter(str(self.dir), purge_step=self.global_step + 1 if self.checkpoint else None)
-            self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" +
-                                 "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+            self.log = RunLog(self.dir, args, self.global_step, self.resumed, self.wandb_id)
+            self.wandb_id = self.log.wandb_id
         except BaseException:
             self._close_envs()
             raise
-        self.last_checkpoint_step = self.last_eval_step = self.log_step = self.global_step
+        self.last_checkpoint_step = self.last_eval_step = self.global_step
         self.old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.stage = "started"
 
@@ -173,18 +164,6 @@ class Run:
             record["update"] = self.update_mode
         (self.dir / "args.json").write_text(json.dumps(record, indent=1))
 
-    def _start_wandb(self):
-        import wandb
-
-        args = self.args
-        self.wandb_id = self.wandb_id or os.urandom(4).hex()  # kept in checkpoints: a resumed run continues it
-        try:
-            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                       config=vars(args), name=args.run_name, id=self.wandb_id, resume="allow", save_code=True)
-        except Exception as e:  # not logged in, no network, bad entity: wandb's own exception types vary
-            raise RunError(f"wandb did not start: {str(e).strip().splitlines()[0]} (WANDB_MODE=offline logs "
-                           "locally)") from None
-
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
         signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C kills at once
@@ -207,7 +186,7 @@ class Run:
                 update = compile_update(learner, example_inputs, interrupted=lambda: self.stop_signal is not None)
                 seconds = time.perf_counter() - t0
                 self.update_mode = {"compiled": True, "why": f"--compile {mode}", "seconds": round(seconds, 1)}
-                self.writer.add_scalar("charts/compile_seconds", seconds)
+                self.log.scalar("charts/compile_seconds", seconds, self.global_step)
             except CompileError as e:
                 if self.stop_signal is not None:  # Ctrl-C while compiling: the loop will not start
                     self.update_mode = {"compiled": False, "why": "interrupted while compiling"}
@@ -239,9 +218,7 @@ class Run:
             raw_obs, _ = self.env.reset()
         else:
             raw_obs, _ = self.env.reset(seed=self.args.seed if self.global_step == 0 else None)
-        if not self.speed_samples:  # speeds count from here, not from before compiling
-            self.speed_samples.append((time.time(), self.global_step))
-            self.log_time = time.time()
+        self.log.loop_starts(self.global_step)
         return raw_obs
 
     def count_step(self, reward, next_obs):
@@ -275,8 +252,7 @@ class Run:
         t0 = time.perf_counter()
         out = fn(inputs)
         if timed:
-            self.update_us[self.n_updates % self.args.log_every] = 1e6 * (time.perf_counter() - t0)
-            self.n_updates += 1
+            self.log.update_took(time.perf_counter() - t0)
         self.last_ok = bool(out.ok)
         if not self.last_ok:
             self._nonfinite("loss or gradient")
@@ -286,37 +262,17 @@ class Run:
         """Logs every --log-every steps, and says whether the episode ends at this step: it terminated or was
         truncated, the step was skipped (out is None), or a failed update's outputs are not finite (no action to
         send). The script then does the learner's own end of episode and calls end_episode()."""
-        self._log_window()
+        self.log.window(self.global_step, self.metrics, self.skipped)
         if out is None or terminated or truncated:
             return True
         return not self.last_ok and not all(torch.isfinite(t).all() for t in out if t.is_floating_point())
-
-    def _log_window(self):
-        """Every --log-every steps: the means of the learner's MetricSums, update latency, skips and SPS."""
-        if self.global_step % self.args.log_every or self.global_step <= self.log_step:
-            return
-        scalars = {tag: mean for sums in self.metrics for tag, mean in sums.pop_means().items()}
-        if self.n_updates:
-            scalars.update(zip(("charts/update_us_p50", "charts/update_us_p99", "charts/update_us_max"),
-                               np.percentile(self.update_us[:min(self.n_updates, len(self.update_us))], [50, 99, 100])))
-        scalars["charts/nonfinite_skips"] = self.skipped
-        scalars["charts/SPS"] = (self.global_step - self.log_step) / max(time.time() - self.log_time, 1e-9)
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, self.global_step)
-        self.log_time, self.log_step, self.n_updates = time.time(), self.global_step, 0
 
     def end_episode(self, info):
         """Logs the episode that just ended, prints the console line (at most one a second), evaluates the policy when
         --eval-every is due and writes a checkpoint when one is due. Call it after the learner's own end of episode."""
         self.episodes += 1
         self.recent_returns = (self.recent_returns + [self.episode_return])[-10:]
-        self.writer.add_scalar("charts/episodic_return", self.episode_return, self.global_step)
-        self.writer.add_scalar("charts/episodic_length", self.episode_length, self.global_step)
-        if "overruns" in info:
-            self.writer.add_scalar("charts/cycle_overruns", info["overruns"], self.global_step)
-        if time.time() - self.last_print >= 1.0:
-            print(self.console_line())
-            self.last_print = time.time()
+        self.log.episode(self.global_step, self.episodes, self.episode_return, self.episode_length, info)
         self.episode_return, self.episode_length = 0.0, 0
         every = self.args.eval_every
         if every and self.policy is not None and self.global_step // every > self.last_eval_step // every:
@@ -331,30 +287,16 @@ class Run:
         same training returns with and without evaluation."""
         returns, lengths = run_episodes(self.eval_env, self.policy, self.args.eval_episodes,
                                         self.args.seed + EVAL_SEED_OFFSET)
-        self.writer.add_scalar("eval/episodic_return", np.mean(returns), self.global_step)
-        self.writer.add_scalar("eval/episodic_return_std", np.std(returns), self.global_step)
-        self.writer.add_scalar("eval/episodic_length", np.mean(lengths), self.global_step)
+        self.log.scalar("eval/episodic_return", np.mean(returns), self.global_step)
+        self.log.scalar("eval/episodic_return_std", np.std(returns), self.global_step)
+        self.log.scalar("eval/episodic_length", np.mean(lengths), self.global_step)
         print(f"eval at global_step={self.global_step}: mean return {np.mean(returns):.1f} (std {np.std(returns):.1f}) "
               f"over {len(returns)} episodes")
         self.last_eval_step = self.global_step
 
-    def console_line(self):
-        """SPS and time_left over the last 20 s of the loop, not since its start (warm-up would count)."""
-        now = (time.time(), self.global_step)
-        samples = self.speed_samples
-        while len(samples) > 1 and now[0] - samples[0][0] > 20.0:
-            samples.popleft()
-        then = samples[0] if samples else now
-        sps = (now[1] - then[1]) / max(now[0] - then[0], 1e-9)
-        samples.append(now)
-        left = (self.args.total_timesteps - self.global_step) / sps if sps > 0 else float("inf")
-        left_text = time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 86400:.1f} days"
-        return (f"global_step={self.global_step}, episode={self.episodes}, episodic_return={self.episode_return:.1f}, "
-                f"SPS={sps:.0f}, time_left={left_text}")
-
     # ------------------------------------------------------------------------------------------- the end
     def save_checkpoint(self, mid_episode):
-        self.writer.flush()  # the logs up to this step are on disk before the checkpoint that follows them
+        self.log.flush()  # the logs up to this step are on disk before the checkpoint that follows them
         path = self.dir / "checkpoints" / f"step_{self.global_step:012d}.pt"
         rng = {"noise": self.noise_gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                "python": random.getstate(), "env": env_random_state(self.env)}
@@ -396,10 +338,7 @@ class Run:
             self.message = f"failed at step {self.global_step} (above); resume with: {resume}"
         finally:
             self._close_envs()
-            self.writer.close()
-            if self.args.track:
-                import wandb
-                wandb.finish(exit_code=self.exit_code)
+            self.log.close(self.exit_code)
 
     def _close_envs(self):
         for env in (self.env, self.eval_env):

@@ -21,7 +21,8 @@ from helpers import REPO, scalars
 from incremental_utils import checkpoints, environments, flags
 from incremental_utils.errors import EXIT_CODES, RunError
 from incremental_utils.project import algorithm_scripts
-from incremental_utils import run as run_module
+from incremental_utils import logs
+from incremental_utils.logs import RunLog
 from incremental_utils.run import Run
 from incremental_utils.updates import MetricSums
 
@@ -142,15 +143,17 @@ def test_a_finished_run_writes_its_provenance_logs_and_summary(capsys):
                         line), line
 
 
-def test_console_line_says_speed_and_time_left_from_recent_throughput(monkeypatch):
-    run = Run("tiny", Args(env="faulty_envs:Point-v0", total_timesteps=100_000, run_name="line"))
+def test_console_line_says_speed_and_time_left_from_recent_throughput(monkeypatch, tmp_path):
+    log = RunLog(tmp_path, Args(env="faulty_envs:Point-v0", total_timesteps=100_000, run_name="line"), 0, False)
     clock = [0.0]
-    monkeypatch.setattr(run_module.time, "time", lambda: clock[0])
-    run.speed_samples.append((0.0, 0))
-    clock[0], run.global_step = 10.0, 1000  # a slow first 10 s: 100 steps/s
-    assert run.console_line().endswith("SPS=100, time_left=00:16:30")
-    clock[0], run.global_step = 25.0, 16000  # then 1000 steps/s; the slow start no longer counts
-    assert run.console_line().endswith("SPS=1000, time_left=00:01:24")
+    monkeypatch.setattr(logs.time, "time", lambda: clock[0])
+    log.loop_starts(0)
+    clock[0] = 10.0  # a slow first 10 s: 100 steps/s
+    assert log.console_line(1000, 3, 1.5).endswith("SPS=100, time_left=00:16:30")
+    clock[0] = 25.0  # then 1000 steps/s; the slow start no longer counts
+    assert log.console_line(16000, 9, 2.0) == ("global_step=16000, episode=9, episodic_return=2.0, SPS=1000, "
+                                               "time_left=00:01:24")
+    log.close(0)
 
 
 @pytest.mark.parametrize("env, fault, code, step, message", [
