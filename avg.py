@@ -4,10 +4,8 @@ no batch update. One update per environment step, on the latest transition only.
     python avg.py --env Hopper-v4
 
 Vasan et al., "Deep Policy Gradient Methods Without Batch Updates, Target Networks, or Replay Buffers",
-NeurIPS 2024 (arXiv 2411.15370). Definitions and hyperparameters: docs/algorithms.md sections 1-4.
-This file holds the algorithm: its hyperparameters, statistics, networks, the update and the training loop.
-The run machinery (checkpoints, resume, signals, logging, environment checks) is in incremental_utils/; Adam
-written out for the compiled update is in incremental_utils/updates.py, the compiler in incremental_utils/compiling.py.
+NeurIPS 2024 (arXiv 2411.15370). Definitions and hyperparameters: docs/algorithms.md sections 1-4. This file holds
+the algorithm (hyperparameters, statistics, networks, the update, the loop); the run machinery is in incremental_utils/.
 """
 import copy
 import math
@@ -15,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Optional
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
@@ -22,7 +21,9 @@ import torch.nn.functional as F
 import tyro
 
 from incremental_utils.errors import one_line_errors
-from incremental_utils.flags import RunArgs, check_args, flags_given, resume_args
+from incremental_utils.environments import zero_observation
+from incremental_utils.flags import PixelArgs, RunArgs, check_args, flags_given, resume_args
+from incremental_utils.pixels import Observation, as_observation
 from incremental_utils.run import Run
 from incremental_utils.updates import Adam, MetricSums, all_finite, grad_and_aux
 
@@ -30,7 +31,7 @@ ALGO = "avg"
 
 
 @dataclass
-class Args(RunArgs):
+class Args(RunArgs, PixelArgs):
     actor_lr: Optional[float] = None
     """actor step size; unset: the paper's value for --env (avg.py's HYPERPARAMS table)"""
     critic_lr: Optional[float] = None
@@ -53,7 +54,11 @@ class Args(RunArgs):
     target_tau: float = 1.0
     """Polyak rate of a target critic; 1.0 means no target network (AVG), 0 a frozen one"""
     action_mapping: Literal["rescale", "clip"] = "rescale"
-    """tanh's [-1, 1] to the action bounds: rescale onto them, or clip as the authors' code does (docs/algorithms.md 1)"""
+    """tanh's [-1, 1] to the action bounds: rescale onto them, or clip as the authors' code does (algorithms.md 1)"""
+    shared_encoder: bool = True
+    """images: one encoder, trained by the critic, whose features the actor reads (else one encoder per network)"""
+    augment: Literal["none", "shift"] = "none"
+    """images: random shifts of an update's S by up to 2% of the image's side (the acting pass sees the centre)"""
 
 
 # Published hyperparameters (algorithms.md 1): actor lr, critic lr, beta1, entropy coefficient, gamma.
@@ -64,9 +69,7 @@ HYPERPARAMS = {
     "HalfCheetah": (6.3e-3, 8.7e-3, 0.0, 0.07, 0.99),
     "Humanoid": (6.3e-3, 8.7e-3, 0.0, 0.07, 0.99),
     "dm_control/reacher-hard": (3e-6, 4.9e-3, 0.0, 0.05, 0.97),
-    "dm_control/dog-walk": (6e-6, 8e-5, 0.0, 0.009, 0.95),
-    "dm_control/dog-trot": (6e-6, 8e-5, 0.0, 0.009, 0.95),
-    "dm_control/dog-stand": (6e-6, 8e-5, 0.0, 0.009, 0.95),
+    **{f"dm_control/dog-{task}": (6e-6, 8e-5, 0.0, 0.009, 0.95) for task in ("walk", "trot", "stand")},
     "dm_control/finger-spin": (3.8e-4, 8.7e-5, 0.9, 0.006, 0.95),
     "dm_control/dog-run": (1.8e-5, 4.8e-5, 0.0, 0.007, 0.97),
 }
@@ -156,6 +159,37 @@ class FeatureNorm(nn.Module):
         return h
 
 
+class PixelEncoder(nn.Module):
+    """Images to 128 features (SPEC.md 10, the authors' visual Stream AC encoder): pixels / 255, three 3x3 convolutions
+    of stride 2 (32, 64, 64 channels, ReLU between), then a spatial softmax: each channel's expected (x, y) on a [-1, 1]
+    grid. With `pad` > 0 it sees a crop `pad` smaller each side: at the shift (--augment shift), else the centre."""
+
+    def __init__(self, image_shape, pad=0):
+        super().__init__()
+        channels, height, width = image_shape
+        self.pad, self.size, self.features = pad, (height - 2 * pad, width - 2 * pad), 2 * 64
+        self.convs = nn.Sequential(nn.Conv2d(channels, 32, 3, stride=2), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2),
+                                   nn.ReLU(), nn.Conv2d(64, 64, 3, stride=2))
+        h, w = self.convs(torch.zeros(1, channels, *self.size)).shape[-2:]
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], -1))  # (h * w, 2), x along the width
+
+    def forward(self, image, shift=None):
+        (h, w), pad, batch = self.size, self.pad, image.dim() == 4
+        image = image[..., pad:pad + h, pad:pad + w] if shift is None else (  # a gather: the offset is an input
+            image.index_select(-2, shift[0] + torch.arange(h)).index_select(-1, shift[1] + torch.arange(w)))
+        maps = self.convs(image.float() / 255 if batch else image.float().unsqueeze(0) / 255)
+        keypoints = (maps.flatten(-2).softmax(-1) @ self.grid).flatten(-2)  # each channel's expected x and y
+        return keypoints if batch else keypoints.squeeze(0)
+
+
+def network_input(encoder, obs, augment=False):
+    """What a trunk reads: the observation itself, or for images the encoder's features beside the proprioception."""
+    if encoder is None:
+        return obs
+    return torch.cat([encoder(obs.image, obs.shift if augment else None), obs.vector], -1)
+
+
 def mlp_trunk(n_in, hidden, feature_norm):
     return nn.Sequential(nn.Linear(n_in, hidden), nn.LeakyReLU(), nn.Linear(hidden, hidden), nn.LeakyReLU(),
                          FeatureNorm(feature_norm))
@@ -172,18 +206,20 @@ def orthogonal_init(module):
 class Actor(nn.Module):
     """Squashed Gaussian policy: A = tanh(mu + std * noise), with log pi(A|S) corrected for the tanh.
 
-    std = exp(log_std), log_std clamped to [-20, 2], as algorithms.md 1 defines it. (The authors' released avg.py
-    passes exp(log_std) to MultivariateNormal as the covariance, so there the head is in effect a log variance:
-    std = exp(log_std / 2), at most e. Not tried here at length; it changes the policy's scale and step sizes.)"""
+    std = exp(log_std), log_std clamped to [-20, 2], as algorithms.md 1 defines it (the authors' released avg.py
+    passes exp(log_std) to MultivariateNormal as the covariance: there the head is a log variance, std at most e).
+    Images: its own encoder, or (shared) the critic's, read without a gradient: the critic's loss trains it."""
 
-    def __init__(self, obs_dim, act_dim, hidden, feature_norm):
+    def __init__(self, in_dim, act_dim, hidden, feature_norm, encoder=None, shared=None):
         super().__init__()
-        self.trunk = mlp_trunk(obs_dim, hidden, feature_norm)
+        self.encoder = encoder
+        self.__dict__["shared"] = shared  # the critic's encoder, not a part of the actor: its parameters are not ours
+        self.trunk = mlp_trunk(in_dim, hidden, feature_norm)
         self.mu, self.log_std = nn.Linear(hidden, act_dim), nn.Linear(hidden, act_dim)
         orthogonal_init(self)
 
-    def forward(self, obs, noise):
-        features = self.trunk(obs)
+    def forward(self, obs, noise, augment=False):
+        features = self.trunk(network_input(self.encoder or self.shared, obs, augment))
         mu, log_std = self.mu(features), self.log_std(features).clamp(-20, 2)
         u = mu + log_std.exp() * noise
         log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -192,14 +228,15 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    def __init__(self, obs_dim, act_dim, hidden, feature_norm):
+    def __init__(self, in_dim, act_dim, hidden, feature_norm, encoder=None):
         super().__init__()
-        self.trunk = mlp_trunk(obs_dim + act_dim, hidden, feature_norm)
+        self.encoder = encoder
+        self.trunk = mlp_trunk(in_dim + act_dim, hidden, feature_norm)
         self.q = nn.Linear(hidden, 1)
         orthogonal_init(self)
 
-    def forward(self, obs, action):
-        return self.q(self.trunk(torch.cat([obs, action], -1))).squeeze(-1)
+    def forward(self, obs, action, augment=False):
+        return self.q(self.trunk(torch.cat([network_input(self.encoder, obs, augment), action], -1))).squeeze(-1)
 
 
 # ------------------------------------------------------------------------------------------------- learner
@@ -223,9 +260,9 @@ class Acting(NamedTuple):
     ok: torch.Tensor        # false when the update that led here was not applied (a non-finite loss or gradient)
 
 
-def step_inputs(now, raw_next_obs, reward, terminated, generator):
+def step_inputs(now, raw_next_obs, reward, terminated, generator, pad=0):
     """One update's inputs from where the agent is (`now`) and what the environment returned."""
-    return StepInputs(now.obs, now.noise, now.log_prob, torch.as_tensor(raw_next_obs, dtype=torch.float64),
+    return StepInputs(now.obs, now.noise, now.log_prob, as_observation(raw_next_obs, pad, generator),
                       torch.tensor(float(reward)), torch.tensor(float(terminated)),
                       torch.randn(2, now.noise.shape[0], generator=generator))
 
@@ -233,11 +270,18 @@ def step_inputs(now, raw_next_obs, reward, terminated, generator):
 class AVG(nn.Module):
     """The whole learner. forward() is one AVG step; parameters and buffers are the complete state."""
 
-    def __init__(self, obs_dim, act_low, act_high, args):
+    def __init__(self, obs_dim, act_low, act_high, args, image_shape=None):
+        """obs_dim: the vector observation's size (with images, the proprioception's); image_shape: (C, H, W)."""
         super().__init__()
-        act_dim = len(act_low)
-        self.actor = Actor(obs_dim, act_dim, args.hidden_size, args.feature_norm)
-        self.critic = Critic(obs_dim, act_dim, args.hidden_size, args.feature_norm)
+        act_dim, hidden, norm = len(act_low), args.hidden_size, args.feature_norm
+        self.augment = image_shape is not None and args.augment == "shift"
+        self.pad = round(0.02 * image_shape[-1]) if self.augment else 0
+        encoders = [PixelEncoder(image_shape, self.pad) for _ in range(1 if args.shared_encoder else 2)] \
+            if image_shape is not None else [None, None]
+        in_dim = obs_dim + (encoders[0].features if image_shape is not None else 0)
+        self.actor = Actor(in_dim, act_dim, hidden, norm, encoders[1] if len(encoders) > 1 else None,
+                           shared=encoders[0] if len(encoders) == 1 else None)
+        self.critic = Critic(in_dim, act_dim, hidden, norm, encoders[0])
         self.target = copy.deepcopy(self.critic) if args.target_tau < 1 else None
         self.actor_opt = Adam(self.actor, args.actor_lr, (args.beta1, 0.999))
         self.critic_opt = Adam(self.critic, args.critic_lr, (args.beta1, 0.999))
@@ -245,21 +289,23 @@ class AVG(nn.Module):
         self.td_scaler = TDErrorScaler()
         self.eta, self.gamma, self.tau = args.entropy_coef, args.gamma, args.target_tau
         self.obs_norm, self.scale_td = args.obs_norm, args.scale_td
-        rescale = args.action_mapping == "rescale"
-        self.register_buffer("action_scale", torch.as_tensor((act_high - act_low) / 2 if rescale else
-                                                             np.ones_like(act_low), dtype=torch.float32))
-        self.register_buffer("action_offset", torch.as_tensor((act_high + act_low) / 2 if rescale else
-                                                              np.zeros_like(act_low), dtype=torch.float32))
-        self.register_buffer("action_low", torch.as_tensor(act_low, dtype=torch.float32))
-        self.register_buffer("action_high", torch.as_tensor(act_high, dtype=torch.float32))
+        scale, offset = ((act_high - act_low) / 2, (act_high + act_low) / 2) if args.action_mapping == "rescale" else \
+            (np.ones_like(act_low), np.zeros_like(act_low))
+        for name, value in [("action_scale", scale), ("action_offset", offset), ("action_low", act_low),
+                            ("action_high", act_high)]:
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32))
         self.metrics = MetricSums("losses/critic_loss", "losses/actor_loss", "health/entropy", "health/abs_q",
                                   "health/td_sigma")
 
-    def normalize(self, raw_obs):
-        """Adds the observation to the running statistics, then normalises it (algorithms.md 2)."""
+    def normalize(self, raw_obs, learn=True):
+        """Adds the observation to the running statistics (unless not `learn`), then normalises it (algorithms.md 2).
+        Images: the proprioception is normalised; pixels are never, the encoder scales them to [0, 1]."""
+        if isinstance(raw_obs, Observation):
+            return Observation(raw_obs.image, self.normalize(raw_obs.vector, learn), raw_obs.shift)
         if not self.obs_norm:
             return raw_obs.float()
-        self.obs_stats.update(raw_obs.double())
+        if learn:
+            self.obs_stats.update(raw_obs.double())
         return self.obs_stats.normalize(raw_obs.double()).float()
 
     def act(self, obs, noise):
@@ -272,15 +318,15 @@ class AVG(nn.Module):
     def evaluation_action(self, raw_obs, episode_step, generator=None):
         """The environment's action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation
         statistics frozen; tanh of the mean, or a sample when a generator is given."""
-        obs = self.obs_stats.normalize(raw_obs.double()).float() if self.obs_norm else raw_obs.float()
+        obs = self.normalize(as_observation(raw_obs), learn=False)
         noise = torch.zeros(self.action_scale.shape) if generator is None else torch.randn(self.action_scale.shape,
                                                                                             generator=generator)
         return self.act(obs, noise)[0]
 
     def losses(self, params, obs, noise, next_obs, next_noise, reward, discount, sigma):
         actor_params, critic_params = params
-        action, log_prob = torch.func.functional_call(self.actor, actor_params, (obs, noise))
-        q = torch.func.functional_call(self.critic, critic_params, (obs, action))
+        action, log_prob = torch.func.functional_call(self.actor, actor_params, (obs, noise, self.augment))
+        q = torch.func.functional_call(self.critic, critic_params, (obs, action, self.augment))
         with torch.no_grad():
             next_action, next_log_prob = self.actor(next_obs, next_noise)
             next_q = (self.target if self.target is not None else self.critic)(next_obs, next_action)
@@ -295,10 +341,9 @@ class AVG(nn.Module):
         return Acting(*self.act(obs, noise), obs, noise, torch.tensor(ok))
 
     def forward(self, s: StepInputs):
-        """One AVG update on (S, A, R, S') (algorithms.md 1), then the next action from the updated actor.
-
-        s.noises[0] draws A' for the target, s.noises[1] the next action. Both networks' gradients use the
-        pre-update parameters; an update with a non-finite loss or gradient is not applied (ok=False)."""
+        """One AVG update on (S, A, R, S') (algorithms.md 1), then the next action from the updated actor. s.noises[0]
+        draws A' for the target, s.noises[1] the next action. Both networks' gradients use the pre-update parameters;
+        an update with a non-finite loss or gradient is not applied (ok=False)."""
         next_obs = self.normalize(s.raw_next_obs)
         discount = self.gamma * (1.0 - s.terminated)
         self.td_scaler.update((s.reward - self.eta * s.log_prob).double(), discount.double())
@@ -321,8 +366,11 @@ class AVG(nn.Module):
 
 def make_learner(env, args):
     """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
-    return AVG(env.observation_space.shape[0], env.action_space.low.astype(np.float64),
-               env.action_space.high.astype(np.float64), args)
+    space, low, high = env.observation_space, env.action_space.low.astype(np.float64), \
+        env.action_space.high.astype(np.float64)
+    if isinstance(space, gym.spaces.Dict):  # images: {"image", "proprio"} (incremental_utils/pixels.py)
+        return AVG(space["proprio"].shape[0], low, high, args, image_shape=space["image"].shape)
+    return AVG(space.shape[0], low, high, args)
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -338,20 +386,20 @@ def main(args, given=frozenset()):
                ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1,
                        "entropy_coef": lambda e: e >= 0, "target_tau": lambda t: 0 <= t <= 1})
     run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
-    env = run.make_env(finite_action_bounds=True)  # its step() counts steps and checks rewards and observations
+    env = run.make_env(finite_action_bounds=True, pixels=True)  # its step() counts steps, checks rewards and states
     agent = make_learner(env, args)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    blank, act_dim = zero_observation(env.observation_space), env.action_space.shape[0]
     hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "beta1", "entropy_coef", "gamma")}
     run.start(agent, f"{hyperparams} ({source})", policy=agent.evaluation_action, parts=policy_parts(agent))
     if run.resumed:
         agent.td_scaler.episode_return.zero_()  # the partial episode at a mid-episode save is dropped
     elif args.init_from and agent.target is not None:
         agent.target.load_state_dict(agent.critic.state_dict())
-    update = run.compile(agent, step_inputs(agent.acting(torch.zeros(obs_dim), torch.zeros(act_dim)),
-                                            np.zeros(obs_dim), 0.0, False, torch.Generator()))
+    first = agent.acting(agent.normalize(as_observation(blank), learn=False), torch.zeros(act_dim))
+    update = run.compile(agent, step_inputs(first, blank, 0.0, False, torch.Generator(), agent.pad))
 
     def reset():
-        obs = agent.normalize(torch.as_tensor(run.reset_env(), dtype=torch.float64))
+        obs = agent.normalize(as_observation(run.reset_env(), agent.pad, run.noise_gen))
         return agent.acting(obs, torch.randn(act_dim, generator=run.noise_gen))
 
     with run.guard():  # Ctrl-C, SIGTERM, a non-finite value, a robot fault or a crash: saved, closed, reported
@@ -359,7 +407,7 @@ def main(args, given=frozenset()):
         while run.running():
             raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
             # ALGO LOGIC: one AVG update on (S, A, R, S'), and A' from the updated actor
-            out = run.step(update, step_inputs(now, raw_next_obs, reward, terminated, run.noise_gen))
+            out = run.step(update, step_inputs(now, raw_next_obs, reward, terminated, run.noise_gen, agent.pad))
             # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
             if run.episode_over(out, terminated, truncated):
                 agent.td_scaler.end_episode()

@@ -1,34 +1,21 @@
 """Stream AC(lambda): streaming actor-critic with eligibility traces and overshooting-bounded gradient descent
 (ObGD). One update per environment step, no replay buffer, no target network, no batch.
 
-    python stream_ac.py --env Hopper-v4
-    python stream_ac.py --env Hopper-v4 --optimizer adaptive
+    python stream_ac.py --env Hopper-v4                  # --optimizer adaptive: the Adam-like variant
+    python stream_ac.py --env VisualDotReacher-v0        # from camera images (and proprioception)
 
-Elsayed, Vasan and Mahmood, "Streaming Deep Reinforcement Learning Finally Works" (arXiv 2410.14606);
-definitions in docs/algorithms.md 6.
-Per step, with S the normalised observation and A ~ N(mu(S), std(S)), std = softplus(.):
-    R <- R / std(u), where u <- gamma u + R is the episode's discounted return so far     (--reward-scale)
-    delta = R + gamma (1 - terminated) V(S') - V(S)
-    z_V  <- gamma lambda z_V  + grad V(S)
-    z_pi <- gamma lambda z_pi + grad [log pi(A|S) + eta sign(delta) H(pi(.|S))]
+Elsayed, Vasan and Mahmood, arXiv 2410.14606; definitions in docs/algorithms.md 6. Per step, with S the normalised
+observation, A ~ N(mu(S), std(S)), std = softplus(.), u <- gamma u + R the episode's discounted return so far:
+    R <- R / std(u) (--reward-scale);  delta = R + gamma (1 - terminated) V(S') - V(S)
+    z_V <- gamma lambda z_V + grad V(S);  z_pi <- gamma lambda z_pi + grad [log pi(A|S) + eta sign(delta) H(pi(.|S))]
     for each network: M = alpha kappa max(|delta|, 1) ||z||_1, theta <- theta + alpha / max(M, 1) delta z
-so the critic moves V(S) toward the target and the actor follows delta grad log pi + eta |delta| grad H (the
-entropy term's form is the authors' code's). Both networks' gradients use the pre-update parameters; traces and
-u are reset at every episode end (termination or truncation). --optimizer adaptive replaces z, in the bound and
-the update, by z / sqrt(v_hat + eps), v_hat the bias-corrected running mean of (delta z)^2 (beta2 0.999).
-
-Choices where docs/algorithms.md is silent or where this script departs from the authors' code
-(stream_ac_continuous.py):
-- log pi(A|S) is the Gaussian density of the unclipped sample A; only the action sent to the environment is
-  clipped to the action space (as the authors do).
-- Truncation (a time limit) bootstraps, as in every script of this project; the authors' code treats it as
-  termination. A time feature, -0.5 + t / time limit (the authors' form), is appended after normalisation
-  (--time-feature, on by default; time limit 1000 when the environment declares none).
-- The return trace u restarts at 0 at each episode's start. The authors' wrapper zeroes it with the current
-  step's done flag before adding R, which carries an episode's last reward into the next episode's trace.
-- Sparse init zeroes ceil(0.9 fan_in) incoming weights of each unit, but keeps at least one: for fan_in < 10
-  the authors' rule would zero a whole row (e.g. a 3-dim observation plus the time feature).
-Run machinery (checkpoints, resume, logs, compiling): incremental_utils/, as for every script.
+Both gradients use the pre-update parameters; traces and u restart at every episode end. --optimizer adaptive uses
+z / sqrt(v_hat + eps) for z, v_hat the bias-corrected running mean of (delta z)^2 (beta2 0.999).
+Departures from the authors' stream_ac_continuous.py (or choices where docs/algorithms.md is silent): truncation
+bootstraps (theirs terminates); u restarts at 0 each episode (their wrapper carries an episode's last reward over);
+sparse init keeps at least one weight per unit (theirs zeroes a whole row for fan_in < 10); log pi is the density of
+the unclipped sample and only the action sent is clipped, and the time feature -0.5 + t / limit is appended after
+normalisation (limit 1000 if undeclared), as theirs.
 """
 import math
 import sys
@@ -43,7 +30,9 @@ import torch.nn.functional as F
 import tyro
 
 from incremental_utils.errors import one_line_errors
-from incremental_utils.flags import RunArgs, check_args, flags_given, resume_args
+from incremental_utils.environments import zero_observation
+from incremental_utils.flags import PixelArgs, RunArgs, check_args, flags_given, resume_args
+from incremental_utils.pixels import Observation, as_observation
 from incremental_utils.run import Run
 from incremental_utils.updates import MetricSums, ObGD, grad_and_aux
 
@@ -51,7 +40,7 @@ ALGO = "stream_ac"
 
 
 @dataclass
-class Args(RunArgs):
+class Args(RunArgs, PixelArgs):
     actor_lr: float = 1.0
     """step size alpha of the actor's ObGD (the paper: 1.0)"""
     critic_lr: float = 1.0
@@ -81,11 +70,13 @@ class Args(RunArgs):
     """divide rewards by the running standard deviation of the discounted return trace"""
     time_feature: bool = True
     """append the time within the episode (-0.5 at reset, +1/time limit per step) to the observation"""
+    shared_encoder: bool = True
+    """images: one encoder, trained by the critic, whose features the actor reads (else one encoder per network)"""
+    augment: Literal["none", "shift"] = "none"
+    """images: random shifts of an update's S by up to 2% of the image's side (the acting pass sees the centre)"""
 
 
-# ---------------------------------------------------------------------------------------------- statistics
-# As in avg.py: all learner state is parameters and buffers of nn.Modules (state_dict() is the checkpoint;
-# incremental_utils/compiling.py says what else the compiler needs); scalars are float64 tensors of shape (1,).
+# ------------------------------------- statistics (as in avg.py: all learner state is parameters and buffers)
 class RunningMeanVar(nn.Module):
     """Welford's running mean and sample variance, one sample at a time (algorithms.md 2)."""
 
@@ -105,15 +96,13 @@ class RunningMeanVar(nn.Module):
         return torch.where(self.count > 1, self.m2 / (self.count - 1).clamp_min(1), 1.0)
 
     def normalize(self, x):
-        """(x - mean) / sqrt(var + 1e-8), with the prior mean 0 and variance 1 until there are two samples: a
-        first observation normalised by its own mean would be exactly zero."""
+        """(x - mean) / sqrt(var + 1e-8); the prior (0, 1) until two samples (one's own mean would make it zero)."""
         mean = torch.where(self.count > 1, self.mean, 0.0)
         return (x - mean) / (self.var() + 1e-8).sqrt()
 
 
 class RewardScaler(nn.Module):
-    """R / sqrt(Var[u] + 1e-8), u <- gamma u + R the discounted return of the episode so far, its sample variance
-    over all steps seen (the current one included); no mean subtraction. end_episode() restarts u at 0."""
+    """R / sqrt(Var[u] + 1e-8), u <- gamma u + R, Var over every step seen (this one too); no mean subtracted."""
 
     def __init__(self, gamma):
         super().__init__()
@@ -132,8 +121,8 @@ class RewardScaler(nn.Module):
 
 # ------------------------------------------------------------------------------------------------ networks
 def sparse_init_(weight, sparsity):
-    """Uniform in +-1/sqrt(fan_in), then ceil(sparsity * fan_in) of each unit's incoming weights set to zero, at
-    most fan_in - 1 of them (module docstring). A convolution's unit is an output channel."""
+    """U(+-1/sqrt(fan_in)), then ceil(sparsity fan_in) (at most fan_in - 1) of each unit's inputs zeroed (a conv's unit:
+    an output channel)."""
     rows = weight.view(weight.shape[0], -1)
     fan_in = rows.shape[1]
     n_zero = min(math.ceil(round(sparsity * fan_in, 9)), fan_in - 1)  # round: 0.9 * 130 is 117.00000000000001
@@ -150,47 +139,69 @@ class LayerNormAll(nn.Module):
         return F.layer_norm(x, x.shape)
 
 
+class PixelEncoder(nn.Module):
+    """Images to 128 features (SPEC.md 10, the authors' visual Stream AC encoder): pixels / 255, three 3x3 convolutions
+    of stride 2 (32, 64, 64 channels, ReLU between), then a spatial softmax: each channel's expected (x, y) on a [-1, 1]
+    grid. With `pad` > 0 it sees a crop `pad` smaller each side: at the shift (--augment shift), else the centre."""
+
+    def __init__(self, image_shape, pad=0):
+        super().__init__()
+        channels, height, width = image_shape
+        self.pad, self.size, self.features = pad, (height - 2 * pad, width - 2 * pad), 2 * 64
+        self.convs = nn.Sequential(nn.Conv2d(channels, 32, 3, stride=2), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2),
+                                   nn.ReLU(), nn.Conv2d(64, 64, 3, stride=2))
+        h, w = self.convs(torch.zeros(1, channels, *self.size)).shape[-2:]
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], -1))  # (h * w, 2), x along the width
+
+    def forward(self, image, shift=None):
+        (h, w), pad, batch = self.size, self.pad, image.dim() == 4
+        image = image[..., pad:pad + h, pad:pad + w] if shift is None else (  # a gather: the offset is an input
+            image.index_select(-2, shift[0] + torch.arange(h)).index_select(-1, shift[1] + torch.arange(w)))
+        maps = self.convs(image.float() / 255 if batch else image.float().unsqueeze(0) / 255)
+        keypoints = (maps.flatten(-2).softmax(-1) @ self.grid).flatten(-2)  # each channel's expected x and y
+        return keypoints if batch else keypoints.squeeze(0)
+
+
+def network_input(encoder, obs, augment=False):
+    """What a trunk reads: the observation itself, or for images the encoder's features beside the proprioception."""
+    if encoder is None:
+        return obs
+    return torch.cat([encoder(obs.image, obs.shift if augment else None), obs.vector], -1)
+
+
 def trunk(obs_shape, hidden):
-    """Vectors: two hidden layers, each Linear -> LayerNorm without learnable affine -> LeakyReLU. Images (the
-    discrete variant on MinAtar's 10x10xC planes, channels last, or Atari's stacked frames): stream_q.py's
-    convolutions, then one such hidden layer."""
+    """Vectors: two hidden layers, each Linear -> LayerNorm without learnable affine -> LeakyReLU. MinAtar's 10x10xC
+    planes (channels last) or Atari's stacked frames (the discrete variant): stream_q.py's convolutions, then one such
+    layer."""
     if len(obs_shape) == 1:
         return nn.Sequential(nn.Linear(obs_shape[0], hidden), nn.LayerNorm(hidden, elementwise_affine=False),
                              nn.LeakyReLU(), nn.Linear(hidden, hidden), nn.LayerNorm(hidden, elementwise_affine=False),
                              nn.LeakyReLU())
-    channels_last = obs_shape[-1] < obs_shape[0]
-    channels, size = (obs_shape[-1], obs_shape[0]) if channels_last else (obs_shape[0], obs_shape[1])
+    channels, size = obs_shape[0], obs_shape[1]  # channels first (observe() moves MinAtar's there)
     convs = [nn.Conv2d(channels, 16, 3)] if size <= 16 else [
         nn.Conv2d(channels, 32, 8, stride=5), nn.Conv2d(32, 64, 4, stride=3), nn.Conv2d(64, 64, 3, stride=2)]
     layers = [layer for conv in convs for layer in (conv, LayerNormAll(), nn.LeakyReLU())] + [nn.Flatten(0)]
     flat = nn.Sequential(*layers)(torch.zeros(channels, size, size)).numel()
-    layers = [Planes(channels_last), *layers, nn.Linear(flat, hidden), LayerNormAll(), nn.LeakyReLU()]
-    return nn.Sequential(*layers)
-
-
-class Planes(nn.Module):
-    def __init__(self, channels_last):
-        super().__init__()
-        self.channels_last = channels_last
-
-    def forward(self, obs):
-        return obs.movedim(-1, 0) if self.channels_last else obs
+    return nn.Sequential(*layers, nn.Linear(flat, hidden), LayerNormAll(), nn.LeakyReLU())
 
 
 def init_(module, sparsity):
-    for layer in module.modules():
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+    for name, layer in module.named_modules():  # an image encoder's convolutions keep torch's initialisation
+        if isinstance(layer, (nn.Linear, nn.Conv2d)) and not name.startswith("encoder."):
             sparse_init_(layer.weight, sparsity)
             nn.init.zeros_(layer.bias)
     module.requires_grad_(False)  # updated in place by ObGD; gradients come from grad_and_aux
 
 
 class Actor(nn.Module):
-    """Gaussian policy N(mu(S), std(S)^2), std = softplus of a linear head, no squashing; or, for discrete actions
-    (n_actions), a categorical policy softmax(logits(S))."""
+    """Gaussian policy N(mu(S), std(S)^2), std = softplus of a linear head, unsquashed; or (n_actions) softmax(logits).
+    Images: its own encoder, or (shared) the critic's, read without a gradient: the critic's trace trains it."""
 
-    def __init__(self, obs_shape, act_dim, hidden, sparsity, n_actions=None):
+    def __init__(self, obs_shape, act_dim, hidden, sparsity, n_actions=None, encoder=None, shared=None):
         super().__init__()
+        self.encoder = encoder
+        self.__dict__["shared"] = shared  # the critic's encoder, not a part of the actor: its parameters are not ours
         self.trunk = trunk(obs_shape, hidden)
         if n_actions:
             self.logits = nn.Linear(hidden, n_actions)
@@ -198,32 +209,25 @@ class Actor(nn.Module):
             self.mu, self.std = nn.Linear(hidden, act_dim), nn.Linear(hidden, act_dim)
         init_(self, sparsity)
 
-    def forward(self, obs):
-        features = self.trunk(obs)
+    def forward(self, obs, augment=False):
+        features = self.trunk(network_input(self.encoder or self.shared, obs, augment))
         if hasattr(self, "logits"):
             return self.logits(features).log_softmax(-1), None
         return self.mu(features), F.softplus(self.std(features))
 
 
-def log_prob(mu, std, action):
-    return (-0.5 * ((action - mu) / std).square() - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def entropy(std):
-    return (std.log() + 0.5 * (1 + math.log(2 * math.pi))).sum(-1)
-
-
 class Critic(nn.Module):
     """State value V(S)."""
 
-    def __init__(self, obs_shape, hidden, sparsity):
+    def __init__(self, obs_shape, hidden, sparsity, encoder=None):
         super().__init__()
+        self.encoder = encoder
         self.trunk = trunk(obs_shape, hidden)
         self.v = nn.Linear(hidden, 1)
         init_(self, sparsity)
 
-    def forward(self, obs):
-        return self.v(self.trunk(obs)).squeeze(-1)
+    def forward(self, obs, augment=False):
+        return self.v(self.trunk(network_input(self.encoder, obs, augment))).squeeze(-1)
 
 
 # ------------------------------------------------------------------------------------------------- learner
@@ -231,7 +235,7 @@ class StepInputs(NamedTuple):
     """What one update reads, by name (built by step_inputs(), the same way for every step and for the compiler)."""
     obs: torch.Tensor           # S, normalised, with its time feature
     sample: torch.Tensor        # A as drawn (unclipped; discrete: the action's index)
-    raw_next_obs: torch.Tensor  # S' as the environment gave it (float64)
+    raw_next_obs: torch.Tensor  # S' as the environment gave it (float64; images: an Observation)
     reward: torch.Tensor        # R
     terminated: torch.Tensor    # 1.0 if S' ends the task, else 0.0; a time limit is not termination
     next_t: torch.Tensor        # the time feature of S'
@@ -246,24 +250,32 @@ class Acting(NamedTuple):
     ok: torch.Tensor      # false when the update that led here was not applied (a non-finite value)
 
 
-def step_inputs(now, raw_next_obs, reward, terminated, next_t, noise):
+def step_inputs(now, raw_next_obs, reward, terminated, next_t, noise, generator=None, pad=0):
     """One update's inputs from where the agent is (`now`) and what the environment returned."""
-    return StepInputs(now.obs, now.sample, torch.as_tensor(raw_next_obs, dtype=torch.float64),
-                      torch.tensor(float(reward)), torch.tensor(float(terminated)), torch.tensor(float(next_t)), noise)
+    return StepInputs(now.obs, now.sample, as_observation(raw_next_obs, pad, generator), torch.tensor(float(reward)),
+                      torch.tensor(float(terminated)), torch.tensor(float(next_t)), noise)
 
 
 class StreamAC(nn.Module):
     """The whole learner. forward() is one Stream AC(lambda) step; parameters and buffers are the complete state."""
 
-    def __init__(self, obs_shape, act_low, act_high, args, time_limit=1000, n_actions=None):
-        """Continuous actions in [act_low, act_high], or n_actions discrete ones (act_low, act_high unused)."""
+    def __init__(self, obs_shape, act_low, act_high, args, time_limit=1000, n_actions=None, image_shape=None):
+        """Continuous actions in [act_low, act_high], or n_actions discrete ones. obs_shape: the vector's (with a
+        camera, the proprioception's) or MinAtar/Atari frames' shape; image_shape: (C, H, W) of a camera's frames."""
         super().__init__()
         obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
-        self.time_feature = args.time_feature and len(obs_shape) == 1  # not for images
-        in_shape = (obs_shape[0] + 1,) if self.time_feature else obs_shape
+        self.time_feature = args.time_feature and len(obs_shape) == 1  # not for MinAtar/Atari frames
+        self.channels_last = len(obs_shape) == 3 and obs_shape[-1] < obs_shape[0]  # MinAtar's planes
+        self.augment = image_shape is not None and args.augment == "shift"
+        self.pad = round(0.02 * image_shape[-1]) if self.augment else 0
+        encoders = [PixelEncoder(image_shape, self.pad) for _ in range(1 if args.shared_encoder else 2)] \
+            if image_shape is not None else [None, None]
+        in_shape = (obs_shape[0] + self.time_feature + (encoders[0].features if image_shape else 0),) \
+            if len(obs_shape) == 1 else (obs_shape[-1], *obs_shape[:2]) if self.channels_last else obs_shape
         self.discrete, act_dim = n_actions is not None, n_actions or len(act_low)
-        self.actor = Actor(in_shape, act_dim, args.hidden_size, args.sparsity, n_actions)
-        self.critic = Critic(in_shape, args.hidden_size, args.sparsity)
+        self.actor = Actor(in_shape, act_dim, args.hidden_size, args.sparsity, n_actions,
+                           encoders[1] if len(encoders) > 1 else None, encoders[0] if len(encoders) == 1 else None)
+        self.critic = Critic(in_shape, args.hidden_size, args.sparsity, encoders[0])
         adaptive, decay = args.optimizer == "adaptive", args.gamma * args.trace_lambda
         self.actor_opt = ObGD(self.actor, args.actor_lr, args.kappa_policy, decay, adaptive, args.beta2)
         self.critic_opt = ObGD(self.critic, args.critic_lr, args.kappa_value, decay, adaptive, args.beta2)
@@ -279,17 +291,22 @@ class StreamAC(nn.Module):
                                   "health/actor_step_size", "health/critic_step_size", "health/actor_trace_l1",
                                   "health/critic_trace_l1", "health/reward_std")
 
-    def observe(self, raw_obs, t):
-        """Adds the observation to the running statistics, normalises it (algorithms.md 2), appends the time feature."""
+    def observe(self, raw_obs, t, learn=True):
+        """Adds the observation to the running statistics (unless not `learn`), normalises it (algorithms.md 2),
+        appends the time feature. Images: the proprioception so; pixels never, the encoder scales them to [0, 1]."""
+        if isinstance(raw_obs, Observation):
+            return Observation(raw_obs.image, self.observe(raw_obs.vector, t, learn), raw_obs.shift)
         obs = raw_obs.float()
         if self.obs_norm:
-            self.obs_stats.update(raw_obs.double())
+            if learn:
+                self.obs_stats.update(raw_obs.double())
             obs = self.obs_stats.normalize(raw_obs.double()).float()
+        if self.channels_last:
+            return obs.movedim(-1, 0)
         return torch.cat([obs, t.reshape(1).float()]) if self.time_feature else obs
 
     def act(self, obs, noise):
-        """The action for the environment (clipped to its bounds) and the unclipped sample A; discrete: the action
-        drawn by inverse CDF with noise ~ U(0, 1), twice."""
+        """The action for the environment (clipped to its bounds) and the sample A; discrete: by inverse CDF, twice."""
         mu, std = self.actor(obs)
         if self.discrete:
             sample = (mu.exp().cumsum(-1) < noise).sum(-1).clamp_max(mu.shape[-1] - 1)
@@ -298,33 +315,33 @@ class StreamAC(nn.Module):
         return torch.clamp(sample, self.action_low, self.action_high), sample
 
     def log_prob_and_entropy(self, policy, sample):
+        """log pi(A|S) and the entropy H(pi(.|S)) of the Gaussian, or (discrete) of the categorical."""
         mu, std = policy
         if self.discrete:  # mu holds log-probabilities
             return mu.gather(-1, sample.reshape(1)).squeeze(-1), -(mu.exp() * mu).sum(-1)
-        return log_prob(mu, std, sample), entropy(std)
+        log_prob = (-0.5 * ((sample - mu) / std).square() - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return log_prob, (std.log() + 0.5 * (1 + math.log(2 * math.pi))).sum(-1)
 
     @torch.no_grad()
     def evaluation_action(self, raw_obs, episode_step, generator=None):
         """The environment's action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation
         statistics frozen; the clipped mean, or a sample when a generator is given."""
-        obs = self.obs_stats.normalize(raw_obs.double()).float() if self.obs_norm else raw_obs.float()
-        if self.time_feature:
-            obs = torch.cat([obs, torch.tensor([episode_step / self.time_limit - 0.5])])
+        obs = self.observe(as_observation(raw_obs), torch.tensor(episode_step / self.time_limit - 0.5), learn=False)
         if self.discrete:  # the most probable action, or a sample
-            if generator is None:
-                return self.actor(obs)[0].argmax()
-            return self.act(obs, torch.rand((), generator=generator))[0]
+            return self.actor(obs)[0].argmax() if generator is None else \
+                self.act(obs, torch.rand((), generator=generator))[0]
         noise = torch.zeros(self.action_low.shape) if generator is None else torch.randn(self.action_low.shape,
                                                                                           generator=generator)
         return self.act(obs, noise)[0]
 
     def objectives(self, params, obs, sample, next_obs, reward, discount):
         actor_params, critic_params = params
-        v = torch.func.functional_call(self.critic, critic_params, (obs,))
+        v = torch.func.functional_call(self.critic, critic_params, (obs, self.augment))
         with torch.no_grad():
             next_v = self.critic(next_obs)
         delta = (reward + discount * next_v - v).detach()
-        log_pi, ent = self.log_prob_and_entropy(torch.func.functional_call(self.actor, actor_params, (obs,)), sample)
+        policy = torch.func.functional_call(self.actor, actor_params, (obs, self.augment))
+        log_pi, ent = self.log_prob_and_entropy(policy, sample)
         # The two networks share no parameter, so one backward pass of the sum gives each its own gradient:
         # grad V(S) for the critic, grad [log pi + eta sign(delta) H] for the actor.
         actor_loss = -(delta * log_pi + self.eta * delta.abs() * ent)
@@ -350,12 +367,11 @@ class StreamAC(nn.Module):
         self.actor_opt.apply(actor_params, actor_step, delta, ok)
         self.critic_opt.apply(critic_params, critic_step, delta, ok)
         self.metrics.add(ok, {"losses/critic_loss": delta.square(), "losses/actor_loss": actor_loss,
-                              "health/entropy": ent, "health/abs_v": v.abs(),
+                              "health/entropy": ent, "health/abs_v": v.abs(), "health/reward_std": reward_std,
                               "health/actor_step_size": actor_step["step_size"],
-                              "health/critic_step_size": critic_step["step_size"],
                               "health/actor_trace_l1": actor_step["norm"],
-                              "health/critic_trace_l1": critic_step["norm"],
-                              "health/reward_std": reward_std})
+                              "health/critic_step_size": critic_step["step_size"],
+                              "health/critic_trace_l1": critic_step["norm"]})
         return Acting(*self.act(next_obs, s.noise), next_obs, ok)
 
     def end_episode(self):
@@ -368,11 +384,14 @@ class StreamAC(nn.Module):
 def make_learner(env, args):
     """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
     time_limit = (env.spec.max_episode_steps if env.spec is not None else None) or 1000
-    space = env.action_space
+    time_limit = math.ceil(time_limit / (getattr(args, "action_repeat", None) or 1))  # in the agent's steps
+    space, obs_space = env.action_space, env.observation_space
     if isinstance(space, gym.spaces.Discrete):
-        return StreamAC(env.observation_space.shape, None, None, args, time_limit, int(space.n))
-    return StreamAC(env.observation_space.shape, space.low.astype(np.float64), space.high.astype(np.float64), args,
-                    time_limit)
+        return StreamAC(obs_space.shape, None, None, args, time_limit, int(space.n))
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    if isinstance(obs_space, gym.spaces.Dict):  # images: {"image", "proprio"} (incremental_utils/pixels.py)
+        return StreamAC(obs_space["proprio"].shape, low, high, args, time_limit, image_shape=obs_space["image"].shape)
+    return StreamAC(obs_space.shape, low, high, args, time_limit)
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -384,28 +403,27 @@ def policy_parts(agent):
 def main(args, given=frozenset()):
     args, checkpoint = resume_args(args, given, ALGO)
     check_args(args, positive=("hidden_size", "actor_lr", "critic_lr", "kappa_policy", "kappa_value"),
-               ranges={"gamma": lambda g: 0 <= g <= 1, "trace_lambda": lambda l: 0 <= l <= 1,
-                       "entropy_coef": lambda e: e >= 0, "sparsity": lambda s: 0 <= s < 1, "beta2": lambda b: 0 <= b < 1})
+               ranges={"gamma": lambda g: 0 <= g <= 1, "trace_lambda": lambda l: 0 <= l <= 1, "entropy_coef": lambda e:
+                       e >= 0, "sparsity": lambda s: 0 <= s < 1, "beta2": lambda b: 0 <= b < 1})
     run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
     env = run.make_env(action_spaces=(gym.spaces.Box, gym.spaces.Discrete), finite_action_bounds=False,
-                       images=True)  # continuous actions are clipped, not squashed
+                       images=True, pixels=True)  # continuous actions are clipped, not squashed
     agent = make_learner(env, args)
-    obs_shape, noise_shape = env.observation_space.shape, () if agent.discrete else env.action_space.shape
-    in_shape = (obs_shape[0] + 1,) if agent.time_feature else obs_shape
+    blank, noise_shape = zero_observation(env.observation_space), () if agent.discrete else env.action_space.shape
 
     def draw_noise():  # U(0, 1) for a categorical draw, N(0, I) for a Gaussian one
-        return torch.rand((), generator=run.noise_gen) if agent.discrete else torch.randn(noise_shape,
-                                                                                         generator=run.noise_gen)
+        return (torch.rand if agent.discrete else torch.randn)(noise_shape, generator=run.noise_gen)
     hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "gamma", "trace_lambda", "kappa_policy",
                                                  "kappa_value", "entropy_coef", "optimizer")}
     run.start(agent, str(hyperparams), policy=agent.evaluation_action, parts=policy_parts(agent))
     if run.resumed:
         agent.end_episode()  # the partial episode at a mid-episode save is dropped
-    update = run.compile(agent, step_inputs(agent.acting(torch.zeros(in_shape), torch.zeros(noise_shape)),
-                                            np.zeros(obs_shape), 0.0, False, 0.0, torch.zeros(noise_shape)))
+    first = agent.acting(agent.observe(as_observation(blank), torch.tensor(-0.5), learn=False),
+                         torch.zeros(noise_shape))
+    update = run.compile(agent, step_inputs(first, blank, 0.0, False, 0.0, torch.zeros(noise_shape), None, agent.pad))
 
     def reset():
-        obs = agent.observe(torch.as_tensor(run.reset_env(), dtype=torch.float64), torch.tensor(-0.5))
+        obs = agent.observe(as_observation(run.reset_env(), agent.pad, run.noise_gen), torch.tensor(-0.5))
         return agent.acting(obs, draw_noise())
 
     with run.guard():  # Ctrl-C, SIGTERM, a non-finite value, a robot fault or a crash: saved, closed, reported
@@ -414,7 +432,8 @@ def main(args, given=frozenset()):
             raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
             # ALGO LOGIC: one Stream AC(lambda) update on (S, A, R, S'), and the next action from the updated actor
             next_t = run.episode_length / agent.time_limit - 0.5
-            out = run.step(update, step_inputs(now, raw_next_obs, reward, terminated, next_t, draw_noise()))
+            inputs = step_inputs(now, raw_next_obs, reward, terminated, next_t, draw_noise(), run.noise_gen, agent.pad)
+            out = run.step(update, inputs)
             # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
             if run.episode_over(out, terminated, truncated):
                 agent.end_episode()

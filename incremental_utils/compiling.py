@@ -1,9 +1,10 @@
 """The per-step update as one call of compiled C++, and the reason when it is not.
 
 A researcher changing an algorithm needs to know three things of the compiler, all said here once:
-- the update is one call, learner(inputs), whose inputs are one NamedTuple of tensors built the same way each step,
-  and whose outputs are a NamedTuple of tensors with an `ok` field (the compiler traces one call with example inputs
-  of the same shapes, so the traced graph must not depend on their values);
+- the update is one call, learner(inputs), whose inputs are one NamedTuple of tensors (a field may itself be a
+  NamedTuple of tensors, such as a camera observation) built the same way each step, and whose outputs are likewise,
+  with an `ok` field (the compiler traces one call with example inputs of the same shapes, so the traced graph must
+  not depend on their values);
 - every piece of learner state is a parameter or buffer of the learner (the compiled code reads and writes them in
   place, as the eager code does);
 - a write that must not happen after a non-finite value is masked (torch.where(ok, new, old)), never skipped with an
@@ -123,14 +124,43 @@ SMALL_MATMULS_AS_SUMS = {aten.mm.default: _mm, aten.addmm.default: _addmm, aten.
 
 
 
+def leaves(values):
+    """The tensors of a NamedTuple whose fields are tensors or NamedTuples of tensors, in field order."""
+    out = []
+    for value in values:
+        if isinstance(value, tuple):
+            out.extend(value)
+        else:
+            out.append(value)
+    return out
+
+
+def layout(values):
+    """Per field: None for a tensor, the NamedTuple type of a nested one (what rebuild() needs)."""
+    return tuple(type(v) if isinstance(v, tuple) else None for v in values)
+
+
+def rebuild(outer, fields_layout, flat):
+    """The NamedTuple `outer` of the tensors `flat`, nested as `fields_layout` says."""
+    flat, fields = iter(flat), []
+    for kind in fields_layout:
+        fields.append(next(flat) if kind is None else kind(*(next(flat) for _ in kind._fields)))
+    return outer(*fields)
+
+
+def is_tensor_tuple(values):
+    return isinstance(values, tuple) and all(isinstance(v, torch.Tensor) for v in leaves(values)) and all(
+        all(isinstance(x, torch.Tensor) for x in v) for v in values if isinstance(v, tuple))
+
+
 def compile_update(learner, example_inputs, interrupted=None):
     """learner(inputs), one whole update, as a CompiledUpdate: the same call, run by compiled C++ on the learner's
     own state tensors. `example_inputs` is a NamedTuple of tensors shaped as every step's will be; `interrupted`, a
     function polled while the compiler works (a Ctrl-C stops it). Raises CompileError with the reason."""
-    if not (isinstance(example_inputs, tuple) and all(isinstance(t, torch.Tensor) for t in example_inputs)):
+    if not is_tensor_tuple(example_inputs):
         raise CompileError("the update's inputs must be a NamedTuple (or tuple) of tensors")
     outputs = copy.deepcopy(learner)(example_inputs)  # the outputs' type, from one eager step on a copy
-    if not (isinstance(outputs, tuple) and all(isinstance(t, torch.Tensor) for t in outputs)):
+    if not is_tensor_tuple(outputs):
         raise CompileError("the update must return a NamedTuple (or tuple) of tensors")
     with tempfile.TemporaryDirectory(prefix="compile_update_") as folder:
         folder = Path(folder)
@@ -141,8 +171,8 @@ def compile_update(learner, example_inputs, interrupted=None):
             "learner_module": type(learner).__module__}))
         result = run_child(folder, interrupted)
         library = load_library(result["library"])
-    return CompiledUpdate(library, [*learner.parameters(), *learner.buffers()], example_inputs,
-                          type(outputs), result["outputs"])
+    return CompiledUpdate(library, [*learner.parameters(), *learner.buffers()], example_inputs, outputs,
+                          result["outputs"])
 
 
 def run_child(folder, interrupted):
@@ -196,38 +226,96 @@ class CompiledUpdate:
     """learner(inputs) as compiled C++: reads and writes the learner's state tensors in place, returns the
     learner's own outputs type. Inputs must have the example's shapes and dtypes (checked at the first call)."""
 
-    def __init__(self, library, state, example_inputs, outputs_type, n_outputs):
-        self.entry, self.state, self.outputs_type, self.n_outputs = library.inductor_entry_cpp, state, outputs_type, \
-            n_outputs
-        self.example = [(tuple(t.shape), t.dtype) for t in example_inputs]
+    def __init__(self, library, state, example_inputs, example_outputs, n_outputs):
+        self.entry, self.state, self.n_outputs = library.inductor_entry_cpp, state, n_outputs
+        self.example = [(tuple(t.shape), t.dtype) for t in leaves(example_inputs)]
+        self.nested_inputs = any(layout(example_inputs))
+        self.outputs_type, self.outputs_layout = type(example_outputs), layout(example_outputs)
+        self.nested_outputs = any(self.outputs_layout)
         self.checked = False
 
     def __call__(self, inputs):
+        flat = leaves(inputs) if self.nested_inputs else inputs
         if not self.checked:
-            got = [(tuple(t.shape), t.dtype) for t in inputs]
+            got = [(tuple(t.shape), t.dtype) for t in flat]
             if got != self.example:
                 raise ValueError(f"the update was compiled for inputs {self.example}, got {got}")
             self.checked = True
-        handles = torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors([*self.state, *inputs])
-        return self.outputs_type(*torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs(self.entry(handles)))
+        out = torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs(
+            self.entry(torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors([*self.state, *flat])))
+        return rebuild(self.outputs_type, self.outputs_layout, out) if self.nested_outputs else self.outputs_type(*out)
 
 
 # ----------------------------------------------------------------------------------------------- the child
+def merge_repeats(graph):
+    """Common-subexpression elimination that knows which tensors an in-place op writes: an operation repeated on the
+    same values (the same inputs, none written to in between) is computed once. A learner whose actor reads a shared
+    image encoder runs it on S once for both networks this way, with no caching in the algorithm's code. An
+    operation whose result is written in place later (or a view of such a tensor) is never merged. Returns how many
+    operations it removed."""
+    base, same, written = {}, {}, set()  # a view's base tensor; detach/alias's source; tensors written in place
+
+    def root(node):
+        return base.get(node, node)
+
+    def writes(node):
+        return [a for a, spec in zip(node.args, node.target._schema.arguments)
+                if isinstance(a, torch.fx.Node) and spec.alias_info is not None and spec.alias_info.is_write]
+
+    nodes = [n for n in graph.nodes if n.op == "call_function" and hasattr(n.target, "_schema")]
+    for node in nodes:
+        returns = node.target._schema.returns
+        if returns and returns[0].alias_info is not None and node.args and isinstance(node.args[0], torch.fx.Node):
+            base[node] = root(node.args[0])
+        written.update(root(a) for a in writes(node))
+    version, seen, removed = {}, {}, 0
+
+    def key(value):
+        if isinstance(value, torch.fx.Node):
+            value = same.get(value, value)
+            return value.name, version.get(root(value), 0)
+        if isinstance(value, (list, tuple)):
+            return tuple(key(v) for v in value)
+        return repr(value)
+
+    for node in nodes:
+        targets = writes(node)
+        for target in targets:
+            version[root(target)] = version.get(root(target), 0) + 1
+        if str(node.target) in ("aten.detach.default", "aten.alias.default"):
+            same[node] = same.get(node.args[0], node.args[0])  # the same values under another name
+            continue
+        if targets or root(node) in written:
+            continue
+        signature = (str(node.target), key(node.args), key(tuple(sorted(node.kwargs.items()))))
+        if signature in seen:
+            node.replace_all_uses_with(seen[signature])
+            graph.erase_node(node)
+            removed += 1
+        else:
+            seen[signature] = node
+    return removed
+
+
 def trace(learner, example_inputs):
     """learner(example_inputs) as an FX graph of aten operations whose inputs are the state tensors, then the inputs."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     names = [*dict(learner.named_parameters()), *dict(learner.named_buffers())]
     state = [*learner.parameters(), *learner.buffers()]
-    inputs_type = type(example_inputs)
-    make = inputs_type._make if hasattr(inputs_type, "_make") else inputs_type
+    inputs_type, inputs_layout = type(example_inputs), layout(example_inputs)
 
     def step(*tensors):
-        out = torch.func.functional_call(learner, dict(zip(names, tensors)), (make(tensors[len(names):]),))
+        inputs = rebuild(inputs_type, inputs_layout, tensors[len(names):])
+        out = torch.func.functional_call(learner, dict(zip(names, tensors)), (inputs,))
         # Copies, so that no output is a view of an input or of the state (Inductor fuses the copies away where it can).
-        return tuple(t.clone() for t in out)
+        return tuple(t.clone() for t in leaves(out))
 
-    graph = make_fx(step, decomposition_table=SMALL_MATMULS_AS_SUMS)(*[t.clone() for t in state], *example_inputs)
+    graph = make_fx(step, decomposition_table=SMALL_MATMULS_AS_SUMS)(*[t.clone() for t in state],
+                                                                      *leaves(example_inputs))
+    if merge_repeats(graph.graph):
+        graph.graph.lint()
+        graph.recompile()
     return graph, state
 
 
@@ -256,6 +344,7 @@ def child_main(folder):
         import torch._inductor.config as inductor_config
         from torch._inductor.codecache import PyCodeCache
 
+        example = leaves(example)
         with inductor_config.patch(cpp_wrapper=True, memory_planning=True, compile_threads=1):
             compiled = torch._inductor.standalone_compile(graph, [*state, *example], dynamic_shapes="from_example_inputs")
         entries = [m.inductor_entry for m in PyCodeCache.modules if hasattr(m, "inductor_entry")]

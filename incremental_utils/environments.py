@@ -9,20 +9,15 @@ import warnings
 import gymnasium as gym
 import numpy as np
 
-import robots  # registers UR5Reacher-v0 and Create2Mover-v0
+import robots  # registers UR5Reacher-v0, UR5VisualReacher-v0 and Create2Mover-v0
+import tasks  # registers VisualDotReacher-v0 and DotReacher-v0
 
 from .errors import RunError
+from .pixels import ActionRepeat, action_repeat, box_leaves, images_in, make_rendering, pixel_observations
 
 
 def is_image(space):
     return isinstance(space, gym.spaces.Box) and (space.dtype == np.uint8 or len(space.shape) >= 3)
-
-
-def box_leaves(space):
-    """The spaces inside a (nested) Dict, or [space]."""
-    if isinstance(space, gym.spaces.Dict):
-        return [leaf for part in space.spaces.values() for leaf in box_leaves(part)]
-    return [space]
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,9 +36,13 @@ def note_older_version(env_id):
     print(f"note: {env_id} is an older version of the task (gymnasium's newest is v{newest}); {why}", file=sys.stderr)
 
 
-def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=True, images=False):
+def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=True, images=False, pixels=False):
     """gym.make with the robot flags and video recording, checked to have an action space of `action_spaces`
     (1-D Boxes, with finite bounds if asked) and vector observations. Problems are one-line RunErrors.
+
+    `pixels` (the script learns continuous actions from camera images): an observation with an image, or any
+    environment with --pixels, becomes {"image", "proprio"} as incremental_utils/pixels.py describes. --action-repeat
+    applies to every environment of such a script.
 
     Observations: a Dict of Boxes (DeepMind Control's, say) or a multi-dimensional Box that is not an image is
     flattened into one vector by gymnasium's FlattenObservation: the Dict's parts in the order of its keys, which
@@ -69,30 +68,54 @@ def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=T
             raise RunError(f"{args.env} needs ale-py: pip install -e '.[atari]'") from None
         gym.register_envs(ale_py)
     robot_kwargs = {k: v for k, v in [("host", args.robot_host), ("port", args.robot_port),
-                                      ("realtime", args.realtime or None)] if v is not None}
+                                      ("realtime", args.realtime or None), ("camera", getattr(args, "camera", None))]
+                    if v is not None}
     if robot_kwargs and args.env not in robots.ENV_IDS:
         raise RunError(f"--robot-host/--robot-port/--realtime apply only to {', '.join(robots.ENV_IDS)}")
+    if "camera" in robot_kwargs and args.env not in robots.CAMERA_IDS:
+        raise RunError(f"--camera applies only to {', '.join(robots.CAMERA_IDS)}")
+    rendering = pixels and getattr(args, "pixels", False)
+    if getattr(args, "pixels", False) and not pixels:
+        raise RunError(f"{algo}.py does not learn from pixels (avg.py, stream_ac.py and sac_incremental.py do)")
     if args.capture_video and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["MUJOCO_GL"] = "egl"  # headless: render off-screen
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading")
-            env = gym.make(args.env, **robot_kwargs, **({"render_mode": "rgb_array"} if args.capture_video else {}),
-                           **({"frameskip": 1} if atari else {}))
+            make = lambda **kwargs: gym.make(args.env, **robot_kwargs, **kwargs)  # noqa: E731
+            env = make_rendering(args.env, args, make) if rendering else make(
+                **({"render_mode": "rgb_array"} if args.capture_video else {}), **({"frameskip": 1} if atari else {}))
         note_older_version(args.env)
         if atari:
             env = gym.wrappers.FrameStackObservation(gym.wrappers.AtariPreprocessing(env, noop_max=30), 4)
-    except robots.RobotError:
+    except (robots.RobotError, RunError):
         raise
     except Exception as e:  # unknown id, missing dependency, broken rendering setup, ...
         message = " ".join(str(e).split()) if isinstance(e, gym.error.Error) else f"{type(e).__name__}: {e}"
         raise RunError(f"cannot make environment {args.env!r}: {message[:300]}") from None
     if args.capture_video:
         env = record_video(env, args)
-    problem = unusable(env, args.env, algo, action_spaces, finite_action_bounds, images)
-    if problem:
+    try:
+        camera_path = pixels and isinstance(env.action_space, gym.spaces.Box) and (
+            rendering or bool(images_in(env.observation_space)))
+        problem = unusable(env, args.env, algo, action_spaces, finite_action_bounds, images or camera_path)
+        if problem:
+            raise RunError(problem)
+        repeat = action_repeat(args) if pixels else 1
+        if repeat < 1:
+            raise RunError(f"--action-repeat must be at least 1, got {repeat}")
+        if pixels:
+            args.action_repeat = repeat  # resolved, for args.json
+        if repeat > 1:
+            env = ActionRepeat(env, repeat)
+        if camera_path:
+            return pixel_observations(env, args.env, args)
+        if pixels and (getattr(args, "frame_stack", 3) != 3 or not getattr(args, "proprio", True)):
+            raise RunError(f"--frame-stack and --no-proprio are for image observations; {args.env} has none "
+                           f"({env.observation_space}): add --pixels to render one")
+    except BaseException:
         env.close()
-        raise RunError(problem)
+        raise
     obs_space = env.observation_space
     if len(obs_space.shape or ()) != 1 and not (images and is_image(obs_space)):  # a Dict, or another Box
         env = gym.wrappers.FlattenObservation(env)
@@ -130,6 +153,13 @@ def unusable(env, env_id, algo, action_spaces, finite_action_bounds, images):
     if not all(isinstance(leaf, gym.spaces.Box) for leaf in box_leaves(obs_space)):
         return f"{algo}.py needs Box observations (or a Dict of Boxes); {env_id} has {obs_space}"
     return None
+
+
+def zero_observation(space):
+    """An observation of `space` with every entry zero (a Dict part by part): what a script compiles its update with."""
+    if isinstance(space, gym.spaces.Dict):
+        return {k: zero_observation(v) for k, v in space.spaces.items()}
+    return np.zeros(space.shape, space.dtype)
 
 
 def env_random_state(env):

@@ -64,6 +64,25 @@ class RunArgs:
     """start a new run from the policy, critic and statistics in this .model, checkpoint or run directory"""
 
 
+@dataclass
+class PixelArgs:
+    """The flags of the scripts that learn from camera images (incremental_utils/pixels.py says what they do)."""
+    pixels: bool = False
+    """observe the environment's rendered RGB camera (gymnasium MuJoCo, dm_control/..., the simulated robots)"""
+    image_size: int = 84
+    """side of the square image that --pixels renders"""
+    render_camera: Optional[str] = None
+    """--pixels: the camera to render, by name or index; unset: the environment's default"""
+    proprio: bool = True
+    """keep the environment's vector observation (proprioception) beside the image"""
+    frame_stack: int = 3
+    """images: how many of the latest frames make one observation"""
+    action_repeat: Optional[int] = None
+    """repeat each action N steps, rewards summed; unset: 8/4/2 for dm_control with --pixels, as the benchmarks do"""
+    camera: Optional[str] = None
+    """UR5VisualReacher: the real camera, an OpenCV device (0, /dev/video0 or a stream URL); unset: simulated"""
+
+
 # Flags that may change when a run is resumed: how it runs, not what it learns.
 RESUME_OVERRIDES = {"total_timesteps", "checkpoint_every", "keep_checkpoints", "log_every", "track", "on_nonfinite",
                     "compile", "robot_host", "robot_port", "realtime", "eval_every", "eval_episodes", "camera"}

@@ -5,12 +5,22 @@ flattened in key order (empty with --no-proprio)}. --action-repeat repeats each 
 only the frame the agent sees. Problems are one-line RunErrors."""
 import os
 
+from typing import NamedTuple
+
 import gymnasium as gym
 import numpy as np
+import torch
 
 from .errors import RunError
 
 IMAGE, VECTOR = "image", "proprio"
+
+
+def box_leaves(space):
+    """The spaces inside a (nested) Dict, or [space]."""
+    if isinstance(space, gym.spaces.Dict):
+        return [leaf for part in space.spaces.values() for leaf in box_leaves(part)]
+    return [space]
 # The pixel benchmarks' action repeat per DeepMind Control domain (DrQ, CURL, RAD); other domains and tasks: 1.
 DMC_ACTION_REPEAT = {"cartpole": 8, "reacher": 4, "cheetah": 4, "cup": 4, "ball_in_cup": 4, "finger": 2, "walker": 2}
 
@@ -103,7 +113,7 @@ class ImageAndVector(gym.ObservationWrapper):
             raise RunError(f"{env_id} must have exactly one image in its observation, has {len(found)}: {space}")
         self.image_key, image = found[0]
         rest = {k: v for k, v in space.spaces.items() if k != self.image_key} if self.image_key else {}
-        if not all(isinstance(v, gym.spaces.Box) for v in gym.spaces.Dict(rest).spaces.values()) and proprio:
+        if proprio and not all(isinstance(leaf, gym.spaces.Box) for leaf in box_leaves(gym.spaces.Dict(rest))):
             raise RunError(f"the vector parts of {env_id}'s observation must be Boxes: {space}")
         self.rest = gym.spaces.Dict(rest) if rest and proprio else None
         size = gym.spaces.flatdim(self.rest) if self.rest is not None else 0
@@ -168,18 +178,31 @@ class ActionRepeat(gym.Wrapper):
 
 
 def pixel_observations(env, env_id, args):
-    """The environment as the pixel learners see it (see the module docstring); `env` renders if --pixels."""
+    """The environment as the pixel learners see it (see the module docstring); `env` renders if --pixels (and repeats
+    its actions already, if asked)."""
     if args.frame_stack < 1:
         raise RunError(f"--frame-stack must be at least 1, got {args.frame_stack}")
     if args.image_size < 8:
         raise RunError(f"--image-size must be at least 8, got {args.image_size}")
-    repeat = action_repeat(args)
-    if repeat < 1:
-        raise RunError(f"--action-repeat must be at least 1, got {repeat}")
-    if repeat > 1:
-        env = ActionRepeat(env, repeat)
     if args.pixels:
         if images_in(env.observation_space):
             raise RunError(f"--pixels: {env_id} has a camera image already; run it without --pixels")
         env = RenderedImage(env, args.image_size, env_id)
     return FrameStack(ImageAndVector(env, env_id, args.proprio), args.frame_stack)
+
+
+class Observation(NamedTuple):
+    """A camera observation as a pixel learner reads it (vector observations stay plain tensors). A field of the
+    update's inputs like any other: the compiler takes nested NamedTuples of tensors."""
+    image: torch.Tensor   # the last --frame-stack frames, uint8, channels first; the encoder scales them to [0, 1]
+    vector: torch.Tensor  # the proprioception: float64 as observed, then as the learner normalises it
+    shift: torch.Tensor   # (2,) where an update crops this image with --augment shift (drawn when it is observed)
+
+
+def as_observation(raw, pad=0, generator=None):
+    """An observation as tensors: a vector as float64, or (a dict from pixel_observations) an Observation whose crop
+    offset is drawn from `generator`, uniformly in [0, 2 pad] each way (zeros, and no draw, when pad is 0)."""
+    if not isinstance(raw, dict):
+        return torch.as_tensor(raw, dtype=torch.float64)
+    shift = torch.randint(2 * pad + 1, (2,), generator=generator) if pad else torch.zeros(2, dtype=torch.long)
+    return Observation(torch.as_tensor(raw[IMAGE]), torch.as_tensor(raw[VECTOR], dtype=torch.float64), shift)

@@ -195,7 +195,8 @@ def measure_reference(algo, folder, args, workdir):
 # ------------------------------------------------------------------------------------------------------ main
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algos", nargs="+", default=list(SCRIPTS), choices=SCRIPTS)
+    parser.add_argument("--algos", nargs="+", default=list(SCRIPTS), choices=SCRIPTS,
+                        help="scripts to measure (and whose released counterparts --reference times)")
     parser.add_argument("--modes", nargs="*", default=["on", "off"], choices=["on", "off"],
                         help="compile modes to measure (on: compiled update, off: eager); none: only --reference")
     parser.add_argument("--env", help="environment for every script (default: Hopper-v4; MinAtar/Breakout-v1 for "
@@ -216,7 +217,7 @@ def main(argv=None):
         parser.error("the warm-up must be shorter than the measurement")
     rows, references = [], []
     try:
-        pairs = find_references(args.reference)
+        pairs = [(algo, folder) for algo, folder in find_references(args.reference) if algo in args.algos]
         with tempfile.TemporaryDirectory() as workdir:
             for algo in args.algos:
                 for mode in args.modes:

@@ -89,7 +89,11 @@ def test_evaluate_refuses_bad_input_in_one_line(tmp_path):
     (tmp_path / "junk.model").write_bytes(b"not a model")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     model = tmp_path / "runs" / "r" / "avg.model"
+    bare = run_script("avg.py", *POINT, "--total-timesteps", 40, "--run-name", "bare", cwd=tmp_path)
+    assert bare.returncode == 0, bare.stderr
     cases = [(["missing.model"], "missing.model does not exist"),
+             ([tmp_path / "runs" / "bare"], "runs/bare holds no saved policy: the run finished without --save-model "
+                                            "and kept no checkpoint; train with --save-model (or --checkpoint-every N)"),
              (["junk.model"], "is unreadable or corrupt"),
              (["foreign.pt"], "is not a model, checkpoint or run directory of this project"),
              ([model, "--env", "Pendulum-v1"], "was trained with observations of shape (3,) and actions Box(-1.0, 1.0, (2,)"),

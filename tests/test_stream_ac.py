@@ -108,8 +108,9 @@ def test_forward_passes_match_numpy():
 def test_log_prob_and_entropy_match_torch_distributions():
     mu, std, a = torch.randn(10, 3), torch.rand(10, 3) + 0.1, torch.randn(10, 3) * 2
     normal = torch.distributions.Normal(mu, std)
-    torch.testing.assert_close(stream_ac.log_prob(mu, std, a), normal.log_prob(a).sum(-1))
-    torch.testing.assert_close(stream_ac.entropy(std), normal.entropy().sum(-1))
+    log_pi, ent = make_learner().log_prob_and_entropy((mu, std), a)
+    torch.testing.assert_close(log_pi, normal.log_prob(a).sum(-1))
+    torch.testing.assert_close(ent, normal.entropy().sum(-1))
 
 
 def test_actions_are_clipped_but_the_sample_is_not():
@@ -347,12 +348,12 @@ def test_discrete_compiled_update_matches_eager_on_minatar_planes():
     g = torch.Generator().manual_seed(5)
     stream = [((torch.rand(10, 10, 4, generator=g) < 0.2).double(), torch.randn((), generator=g),
                torch.tensor(float(i % 29 == 28)), torch.rand((), generator=g)) for i in range(150)]
-    step = compile_update(compiled, stream_ac.StepInputs(torch.zeros(10, 10, 4), torch.tensor(0), stream[0][0],
+    step = compile_update(compiled, stream_ac.StepInputs(torch.zeros(4, 10, 10), torch.tensor(0), stream[0][0],
                                                          stream[0][1], stream[0][2], torch.tensor(0.0), stream[0][3]))
     assert isinstance(step, CompiledUpdate)
     actions = []
     for learner, fn in ((eager, eager), (compiled, step)):
-        obs, sample, taken = torch.zeros(10, 10, 4), torch.tensor(0), []
+        obs, sample, taken = torch.zeros(4, 10, 10), torch.tensor(0), []
         for raw, reward, terminated, noise in stream:
             action, sample, obs, ok = fn(stream_ac.StepInputs(obs, sample, raw, reward, terminated, torch.tensor(0.0),
                                                               noise))
