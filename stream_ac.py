@@ -148,8 +148,9 @@ class PixelEncoder(nn.Module):
         super().__init__()
         channels, height, width = image_shape
         self.pad, self.size, self.features = pad, (height - 2 * pad, width - 2 * pad), 2 * 64
+        # The last convolution has no bias: a constant per channel cancels in the softmax (its gradient: rounding noise)
         self.convs = nn.Sequential(nn.Conv2d(channels, 32, 3, stride=2), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2),
-                                   nn.ReLU(), nn.Conv2d(64, 64, 3, stride=2))
+                                   nn.ReLU(), nn.Conv2d(64, 64, 3, stride=2, bias=False))
         h, w = self.convs(torch.zeros(1, channels, *self.size)).shape[-2:]
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
         self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], -1))  # (h * w, 2), x along the width

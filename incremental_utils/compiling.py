@@ -235,7 +235,8 @@ class CompiledUpdate:
         self.checked = False
 
     def __call__(self, inputs):
-        flat = leaves(inputs) if self.nested_inputs else inputs
+        # The compiled code assumes each input's strides as traced (contiguous): a view (of moved axes, say) is copied.
+        flat = [t.contiguous() for t in (leaves(inputs) if self.nested_inputs else inputs)]
         if not self.checked:
             got = [(tuple(t.shape), t.dtype) for t in flat]
             if got != self.example:
@@ -308,11 +309,12 @@ def trace(learner, example_inputs):
     def step(*tensors):
         inputs = rebuild(inputs_type, inputs_layout, tensors[len(names):])
         out = torch.func.functional_call(learner, dict(zip(names, tensors)), (inputs,))
-        # Copies, so that no output is a view of an input or of the state (Inductor fuses the copies away where it can).
-        return tuple(t.clone() for t in leaves(out))
+        # Contiguous copies, so that no output is a view of an input or of the state, and an output fed back as the next
+        # step's input has the strides the code was compiled for (Inductor fuses the copies away where it can).
+        return tuple(t.clone(memory_format=torch.contiguous_format) for t in leaves(out))
 
     graph = make_fx(step, decomposition_table=SMALL_MATMULS_AS_SUMS)(*[t.clone() for t in state],
-                                                                      *leaves(example_inputs))
+                                                                      *[t.contiguous() for t in leaves(example_inputs)])
     if merge_repeats(graph.graph):
         graph.graph.lint()
         graph.recompile()
@@ -344,7 +346,7 @@ def child_main(folder):
         import torch._inductor.config as inductor_config
         from torch._inductor.codecache import PyCodeCache
 
-        example = leaves(example)
+        example = [t.contiguous() for t in leaves(example)]
         with inductor_config.patch(cpp_wrapper=True, memory_planning=True, compile_threads=1):
             compiled = torch._inductor.standalone_compile(graph, [*state, *example], dynamic_shapes="from_example_inputs")
         entries = [m.inductor_entry for m in PyCodeCache.modules if hasattr(m, "inductor_entry")]

@@ -3,6 +3,7 @@ H x W x C) or a Dict of one image and vectors, or, with --pixels, any environmen
 gives {"image": the last --frame-stack frames, uint8, channels first (K*C, H, W), "proprio": the vectors, float64,
 flattened in key order (empty with --no-proprio)}. --action-repeat repeats each action, rewards summed, and renders
 only the frame the agent sees. Problems are one-line RunErrors."""
+import importlib
 import os
 
 from typing import NamedTuple
@@ -51,13 +52,24 @@ def images_in(space):
     return found
 
 
+def spec_of(env_id):
+    """gymnasium's registration of an id, "module:Id" ids included (the module registers them when imported)."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        importlib.import_module(module)
+    try:
+        return gym.spec(name)
+    except gym.error.Error as e:
+        raise RunError(f"cannot make environment {env_id!r}: {' '.join(str(e).split())[:300]}") from None
+
+
 def make_rendering(env_id, args, make):
     """gym.make for --pixels: the environment made to render RGB frames of --image-size at the chosen camera."""
     size = args.image_size
     camera = args.render_camera
     if env_id.startswith("dm_control/"):
         kwargs = {"render_kwargs": {"width": size, "height": size, "camera_id": int(camera or 0)}}
-    elif "gymnasium.envs.mujoco" in str(gym.spec(env_id).entry_point):
+    elif "gymnasium.envs.mujoco" in str(spec_of(env_id).entry_point):
         kwargs = {"width": size, "height": size}
         if camera is not None:
             kwargs["camera_id" if str(camera).isdigit() else "camera_name"] = int(camera) if str(camera).isdigit() \
@@ -69,7 +81,10 @@ def make_rendering(env_id, args, make):
         kwargs = {}
     if not os.environ.get("DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless: render off-screen
-    return make(render_mode="rgb_array", **kwargs)
+    try:
+        return make(render_mode="rgb_array", **kwargs)
+    except TypeError as e:  # an environment that takes no render_mode
+        raise RunError(f"--pixels: {env_id} cannot render ({' '.join(str(e).split())[:200]})") from None
 
 
 class RenderedImage(gym.ObservationWrapper):

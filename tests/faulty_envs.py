@@ -84,6 +84,26 @@ class ImagePointEnv(PointEnv):
         return np.zeros((10, 10, 3), np.uint8)
 
 
+class OddImagePointEnv(PointEnv):
+    """PointEnv with an image the pixel learners cannot use: `kind` float (float32 frames), flat (uint8 H x W, no
+    channels) or two (a Dict of two images)."""
+
+    def __init__(self, kind="float"):
+        super().__init__()
+        self.kind = kind
+        image = {"float": gym.spaces.Box(0.0, 1.0, (10, 10, 3), np.float32),
+                 "flat": gym.spaces.Box(0, 255, (10, 10), np.uint8)}.get(kind)
+        self.observation_space = gym.spaces.Dict(
+            {"left": gym.spaces.Box(0, 255, (10, 10, 3), np.uint8), "right": gym.spaces.Box(0, 255, (10, 10, 3), np.uint8),
+             "state": gym.spaces.Box(-10.0, 10.0, (3,), np.float64)}) if kind == "two" else image
+
+    def _obs(self):
+        space = self.observation_space
+        if isinstance(space, gym.spaces.Dict):
+            return {k: np.zeros(v.shape, v.dtype) for k, v in space.spaces.items()}
+        return np.zeros(space.shape, space.dtype)
+
+
 gym.register("NanObservation-v0", entry_point=PointEnv, kwargs={"fault": "nan_observation"})
 gym.register("NanReward-v0", entry_point=PointEnv, kwargs={"fault": "nan_reward"})
 gym.register("HugeReward-v0", entry_point=PointEnv, kwargs={"fault": "huge_reward"})
@@ -93,6 +113,8 @@ gym.register("Point-v0", entry_point=PointEnv)
 gym.register("Unbounded-v0", entry_point=UnboundedPointEnv)
 gym.register("DictObservation-v0", entry_point=DictPointEnv)
 gym.register("ImageObservation-v0", entry_point=ImagePointEnv)
+for _kind in ("float", "flat", "two"):
+    gym.register(f"{_kind.capitalize()}Image-v0", entry_point=OddImagePointEnv, kwargs={"kind": _kind})
 for _name, _fault in [("Point", None), ("NanObservation", "nan_observation"), ("NanReward", "nan_reward"),
                      ("Crash", "crash")]:  # the same, with 5 discrete moves (stream_q.py)
     gym.register(f"Discrete{_name}-v0", entry_point=PointEnv, kwargs={"fault": _fault, "discrete": True})

@@ -1,0 +1,231 @@
+"""Learning from pixels: the image observation pipeline (incremental_utils/pixels.py) against hand-written loops, the
+encoder copies of avg.py and stream_ac.py against sizes worked out by hand and a numpy spatial softmax, pixel scaling,
+the compiled update against the eager one on images, and the one-line refusals."""
+import importlib
+import re
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import tasks  # noqa: F401 (registers VisualDotReacher-v0)
+from helpers import assert_states_close, run_script
+from incremental_utils import pixels
+from incremental_utils.compiling import CompiledUpdate, compile_update
+from incremental_utils.environments import make_env
+from incremental_utils.errors import RunError
+
+PIXEL_SCRIPTS = ["avg", "stream_ac"]
+
+
+def pixel_args(module="avg", **fields):
+    args = importlib.import_module(module).Args(env="VisualDotReacher-v0", **fields)
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline
+def test_frame_stack_and_action_repeat_match_a_hand_written_loop():
+    """Two copies of VisualDotReacher with the same seed: one through the wrappers (3 frames, each action twice), one
+    stepped by hand; the stacked image is the last three agent-step frames, channels first, oldest first; the reward
+    is the sum over the repeats."""
+    args = pixel_args(frame_stack=3, action_repeat=2)
+    env = make_env(args, "avg", pixels=True)
+    assert env.observation_space["image"].shape == (9, 84, 84) and env.observation_space["proprio"].shape == (4,)
+    raw = gym.make("VisualDotReacher-v0")
+    obs, _ = env.reset(seed=3)
+    first, _ = raw.reset(seed=3)
+    frames = [first["image"]] * 3
+    np.testing.assert_array_equal(obs["image"], np.concatenate([np.moveaxis(f, -1, 0) for f in frames]))
+    rng = np.random.default_rng(0)
+    for _ in range(7):
+        action = rng.uniform(-1, 1, 2).astype(np.float32)
+        obs, reward, *_ = env.step(action)
+        expected = 0.0
+        for _ in range(2):
+            seen, r, *_ = raw.step(action)
+            expected += r
+        frames = frames[1:] + [seen["image"]]
+        np.testing.assert_array_equal(obs["image"], np.concatenate([np.moveaxis(f, -1, 0) for f in frames]))
+        np.testing.assert_allclose(obs["proprio"], seen["proprio"])
+        assert reward == pytest.approx(expected)
+
+
+def test_action_repeat_stops_at_the_episode_end():
+    env = pixels.ActionRepeat(gym.make("VisualDotReacher-v0"), 8)  # 100-step episodes: 12 repeats of 8, then 4
+    env.reset(seed=0)
+    steps, truncated = 0, False
+    while not truncated:
+        _, _, _, truncated, _ = env.step(np.zeros(2, np.float32))
+        steps += 1
+    assert steps == 13 and env.unwrapped.__class__.__name__ == "DotReacher"
+
+
+def test_the_dmc_pixel_benchmarks_action_repeat_is_the_default_with_pixels_only():
+    avg = importlib.import_module("avg")
+    assert pixels.action_repeat(avg.Args(env="dm_control/reacher-easy-v0", pixels=True)) == 4
+    assert pixels.action_repeat(avg.Args(env="dm_control/finger-spin-v0", pixels=True)) == 2
+    assert pixels.action_repeat(avg.Args(env="dm_control/cartpole-swingup-v0", pixels=True)) == 8
+    assert pixels.action_repeat(avg.Args(env="dm_control/reacher-easy-v0")) == 1
+    assert pixels.action_repeat(avg.Args(env="dm_control/reacher-easy-v0", pixels=True, action_repeat=1)) == 1
+
+
+def test_a_dict_image_with_vectors_is_split_and_no_proprio_drops_the_vectors():
+    env = make_env(pixel_args(proprio=False, frame_stack=1), "avg", pixels=True)
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (3, 84, 84) and obs["image"].dtype == np.uint8 and obs["proprio"].shape == (0,)
+
+
+@pytest.mark.parametrize("env_id, flags, message", [
+    ("faulty_envs:FloatImage-v0", {}, "the image must be uint8 of shape (height, width, channels), got float32"),
+    ("faulty_envs:FlatImage-v0", {}, "must be uint8 of shape (height, width, channels), got uint8 of shape (10, 10)"),
+    ("faulty_envs:TwoImage-v0", {}, "must have exactly one image in its observation, has 2"),
+    ("faulty_envs:Point-v0", {"frame_stack": 4}, "--frame-stack and --no-proprio are for image observations"),
+    ("faulty_envs:Point-v0", {"pixels": True}, "--pixels: faulty_envs:Point-v0 cannot render"),
+    ("VisualDotReacher-v0", {"pixels": True}, "has a camera image already; run it without --pixels"),
+    ("VisualDotReacher-v0", {"frame_stack": 0}, "--frame-stack must be at least 1, got 0"),
+    ("VisualDotReacher-v0", {"action_repeat": 0}, "--action-repeat must be at least 1, got 0"),
+])
+def test_images_a_pixel_learner_cannot_use_are_refused_in_one_line(env_id, flags, message):
+    with pytest.raises(RunError, match=re.escape(message)):
+        make_env(importlib.import_module("avg").Args(env=env_id, **flags), "avg", pixels=True)
+
+
+@pytest.mark.parametrize("script, flags, message", [
+    ("iac.py", [], "iac.py learns from vector observations; VisualDotReacher-v0 has images"),
+    ("td3_incremental.py", [], "td3_incremental.py learns from vector observations"),
+    ("avg.py", ["--frame-stack", "0"], "avg.py: error: --frame-stack must be at least 1, got 0"),
+    ("stream_ac.py", ["--env", "faulty_envs:TwoImage-v0"], "must have exactly one image in its observation, has 2"),
+])
+def test_bad_pixel_input_on_the_command_line_is_one_line_and_exit_2(tmp_path, script, flags, message):
+    out = run_script(script, "--env", "VisualDotReacher-v0", *flags, "--total-timesteps", 10, cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+# ------------------------------------------------------------------------------------------------ the encoder
+@pytest.mark.parametrize("name", PIXEL_SCRIPTS)
+@pytest.mark.parametrize("shape, pad, maps", [((9, 84, 84), 0, 9), ((9, 84, 84), 2, 9), ((3, 64, 48), 0, (7, 5))])
+def test_encoder_sizes_worked_out_by_hand(name, shape, pad, maps):
+    """3x3 convolutions of stride 2 without padding: n -> (n - 3) // 2 + 1, three times: 84 -> 41 -> 20 -> 9, the
+    80 of a 2-pixel crop -> 39 -> 19 -> 9, 64 -> 31 -> 15 -> 7, 48 -> 23 -> 11 -> 5. 64 channels, 2 coordinates each."""
+    encoder = importlib.import_module(name).PixelEncoder(shape, pad)
+    h, w = (maps, maps) if isinstance(maps, int) else maps
+    assert encoder.convs(torch.zeros(1, shape[0], shape[1] - 2 * pad, shape[2] - 2 * pad)).shape == (1, 64, h, w)
+    assert encoder(torch.zeros(shape, dtype=torch.uint8)).shape == (128,) == (encoder.features,)
+    assert encoder(torch.zeros((5, *shape), dtype=torch.uint8)).shape == (5, 128)
+
+
+class Fixed(torch.nn.Module):
+    """Stands in for the convolutions: returns given maps, and keeps what it was given."""
+
+    def __init__(self, maps):
+        super().__init__()
+        self.maps, self.seen = maps, None
+
+    def forward(self, x):
+        self.seen = x
+        return self.maps
+
+
+@pytest.mark.parametrize("name", PIXEL_SCRIPTS)
+def test_spatial_softmax_and_pixel_scaling_against_numpy(name):
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(1, 64, 9, 7)) * 3
+    encoder = importlib.import_module(name).PixelEncoder((3, 84, 64))
+    encoder.convs = Fixed(torch.tensor(maps, dtype=torch.float32))
+    image = torch.tensor(rng.integers(0, 256, (3, 84, 64)), dtype=torch.uint8)
+    out = encoder(image).numpy()
+    np.testing.assert_allclose(encoder.convs.seen[0].numpy(), image.numpy() / 255.0, rtol=1e-6)  # scaled to [0, 1]
+    flat = maps.reshape(64, -1)
+    softmax = np.exp(flat - flat.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    ys, xs = np.meshgrid(np.linspace(-1, 1, 9), np.linspace(-1, 1, 7), indexing="ij")
+    expected = np.stack([softmax @ xs.ravel(), softmax @ ys.ravel()], -1).ravel()  # x0, y0, x1, y1, ...
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", PIXEL_SCRIPTS)
+def test_random_shift_crops_where_told_and_the_centre_otherwise(name):
+    encoder = importlib.import_module(name).PixelEncoder((1, 20, 20), pad=2)
+    encoder.convs = Fixed(torch.zeros(1, 64, 1, 1))
+    image = torch.arange(400, dtype=torch.uint8).reshape(1, 20, 20)
+    encoder(image, torch.tensor([0, 4]))
+    np.testing.assert_array_equal(encoder.convs.seen[0, 0].numpy() * 255, image[0, 0:16, 4:20].numpy())
+    encoder(image)
+    np.testing.assert_array_equal(encoder.convs.seen[0, 0].numpy() * 255, image[0, 2:18, 2:18].numpy())
+
+
+# ------------------------------------------------------------------------------------------------ the learners
+def make_pixel_learner(name, seed=0, **fields):
+    module = importlib.import_module(name)
+    args = module.Args(env="VisualDotReacher-v0", hidden_size=32, **fields)
+    if name == "avg":
+        module.resolve_hyperparams(args)
+    torch.manual_seed(seed)
+    env = make_env(args, name, pixels=True)
+    return module, module.make_learner(env, args), env
+
+
+def pixel_stream(module, learner, env, n, generator):
+    """n updates on VisualDotReacher with random actions (the learner's own actions are not needed to compare)."""
+    rng = np.random.default_rng(5)
+    raw, _ = env.reset(seed=1)
+    raw_obs = pixels.as_observation(raw, learner.pad, generator)  # the first S, seen by neither learner's statistics
+    obs = learner.normalize(raw_obs, learn=False) if module.__name__ == "avg" else \
+        learner.observe(raw_obs, torch.tensor(-0.5), learn=False)
+    act_dim = 2
+    now = learner.acting(obs, torch.zeros(act_dim))
+    transitions = []
+    for i in range(n):  # random pixels: VisualDotReacher's mostly flat frames give gradients near rounding noise,
+        raw, reward, terminated, truncated, _ = env.step(rng.uniform(-1, 1, 2).astype(np.float32))  # which Adam's
+        raw = {**raw, "image": rng.integers(0, 256, raw["image"].shape, dtype=np.uint8)}  # first steps magnify
+        transitions.append((raw, reward, i % 29 == 28))
+    return now, transitions
+
+
+SLOW = {"actor_lr": 1e-4, "critic_lr": 1e-4}  # small steps: over 60 updates rounding differences stay rounding
+
+
+@pytest.mark.parametrize("name, fields", [
+    ("avg", SLOW), ("stream_ac", {}),
+    pytest.param("avg", {**SLOW, "shared_encoder": False, "augment": "shift"}, marks=pytest.mark.slow),
+    pytest.param("stream_ac", {"augment": "shift"}, marks=pytest.mark.slow)])
+def test_compiled_update_matches_eager_on_images(name, fields):
+    """60 updates on a fixed stream of images; the whole state agrees to float32 rounding. Some gradients of a conv
+    encoder before a spatial softmax are near zero (a constant per channel cancels in the softmax), and Adam's first
+    steps would turn their rounding into full-size steps of either sign: AVG's Adam runs with eps 1e-3 here, which
+    keeps every step proportional to its gradient (the compiled code is the same, eps is one of its constants)."""
+    module, eager, env = make_pixel_learner(name, **fields)
+    _, compiled, _ = make_pixel_learner(name, **fields)
+    for opt in [m for learner in (eager, compiled) for m in learner.modules() if hasattr(m, "eps")]:
+        opt.eps = 1e-3
+    now, transitions = pixel_stream(module, eager, env, 60, torch.Generator().manual_seed(0))
+
+    def inputs(now, raw, reward, end, generator):
+        if name == "avg":
+            return module.step_inputs(now, raw, reward, end, generator, eager.pad)
+        return module.step_inputs(now, raw, reward, end, 0.1, torch.randn(2, generator=generator), generator, eager.pad)
+
+    step = compile_update(compiled, inputs(now, transitions[0][0], 0.0, False, torch.Generator()))
+    assert isinstance(step, CompiledUpdate)
+    actions = []
+    for learner, fn in ((eager, eager), (compiled, step)):
+        g, state, taken = torch.Generator().manual_seed(7), now, []
+        for raw, reward, end in transitions:
+            state = fn(inputs(state, raw, reward, end, g))
+            taken.append(state.action)
+        actions.append(torch.stack(taken))
+    torch.testing.assert_close(actions[1], actions[0], rtol=1e-3, atol=1e-4)
+    assert_states_close(eager, compiled)
+    assert not torch.equal(eager.critic.encoder.convs[0].weight,
+                           make_pixel_learner(name, **fields)[1].critic.encoder.convs[0].weight)  # the encoder learned
+
+
+@pytest.mark.parametrize("name", PIXEL_SCRIPTS)
+def test_a_shared_encoder_belongs_to_the_critic_and_pixels_are_never_normalised(name):
+    _, shared, _ = make_pixel_learner(name)
+    _, separate, _ = make_pixel_learner(name, shared_encoder=False)
+    assert shared.actor.encoder is None and shared.actor.shared is shared.critic.encoder
+    assert not any("encoder" in k for k in shared.actor.state_dict())  # the critic's update moves it, not the actor's
+    assert separate.actor.encoder is not None and separate.actor.encoder is not separate.critic.encoder
+    assert shared.obs_stats.mean.shape == (4,)  # the proprioception only
