@@ -29,6 +29,7 @@ import robots  # noqa: E402
 from incremental_utils.checkpoints import check_spaces, load_policy, load_policy_source  # noqa: E402
 from incremental_utils.environments import make_env  # noqa: E402
 from incremental_utils.errors import RunError  # noqa: E402
+from incremental_utils.flags import PixelArgs  # noqa: E402
 from incremental_utils.evaluation import run_episodes  # noqa: E402
 
 
@@ -68,7 +69,8 @@ def evaluate(opts):
                                robot_port=opts.robot_port, realtime=opts.realtime, capture_video=opts.capture_video,
                                run_name=f"evaluate_{Path(opts.path).resolve().name}")
     env = make_env(args, source["algo"], action_spaces=(gym.spaces.Box, gym.spaces.Discrete),
-                   finite_action_bounds=False, images=True)  # check_spaces holds it to the saved ones
+                   finite_action_bounds=False, images=True,
+                   pixels=isinstance(args, PixelArgs))  # check_spaces holds it to the saved ones
     try:
         check_spaces(env, source, opts.path)
         learner = module.make_learner(env, args)

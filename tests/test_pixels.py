@@ -229,3 +229,47 @@ def test_a_shared_encoder_belongs_to_the_critic_and_pixels_are_never_normalised(
     assert not any("encoder" in k for k in shared.actor.state_dict())  # the critic's update moves it, not the actor's
     assert separate.actor.encoder is not None and separate.actor.encoder is not separate.critic.encoder
     assert shared.obs_stats.mean.shape == (4,)  # the proprioception only
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("script", ["avg.py", "stream_ac.py"])
+def test_a_pixel_run_resumes_exactly_evaluates_and_warm_starts(tmp_path, script):
+    """VisualDotReacher-v0 from images: killed after an episode-boundary checkpoint and resumed, the run ends as the
+    same run left alone; --eval-every evaluates; evaluate.py runs its .model; --init-from starts a new run from it."""
+    import signal
+    import time
+
+    from helpers import REPO, scalars, script_env, start_script
+    common = ["--env", "VisualDotReacher-v0", "--total-timesteps", 600, "--seed", 3, "--compile", "off",
+              "--save-model", "--augment", "shift", "--log-every", 100]
+    whole = run_script(script, *common, "--run-name", "whole", "--eval-every", 300, "--eval-episodes", 2,
+                       cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    assert [s for s, _ in scalars(tmp_path / "runs" / "whole")["eval/episodic_return"]] == [300, 600]
+    proc = start_script(script, *common, "--run-name", "cut", "--checkpoint-every", 200, cwd=tmp_path)
+    checkpoints = tmp_path / "runs" / "cut" / "checkpoints"
+    deadline = time.time() + 300
+    while not list(checkpoints.glob("step_*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = run_script(script, "--resume", tmp_path / "runs" / "cut", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    returns = {name: [v for _, v in scalars(tmp_path / "runs" / name)["charts/episodic_return"]]
+               for name in ("whole", "cut")}
+    assert len(returns["whole"]) == 6 and returns["cut"] == returns["whole"]
+    model = tmp_path / "runs" / "whole" / (script[:-3] + ".model")
+    saved = torch.load(model, weights_only=False)
+    assert saved["observation_space"]["image"].shape == (9, 84, 84)
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), str(model), "--episodes", "2", "--json"],
+                         cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    warm = run_script(script, "--env", "VisualDotReacher-v0", "--total-timesteps", 100, "--compile", "off",
+                      "--init-from", model, "--run-name", "warm", cwd=tmp_path)
+    assert warm.returncode == 0 and "starting from" in warm.stdout, warm.stderr
+    other = run_script(script, "--env", "VisualDotReacher-v0", "--total-timesteps", 100, "--compile", "off",
+                       "--init-from", model, "--frame-stack", 2, "--run-name", "other", cwd=tmp_path)
+    assert other.returncode == 2 and "was trained with observations" in other.stderr, other.stderr
