@@ -7,7 +7,12 @@
 
 Tasks, flags, safety and the real-hardware setup: robots/README.md.
 """
+import os
+
 import gymnasium as gym
+
+if not os.environ.get("DISPLAY"):  # headless: the simulated robots render off-screen (MuJoCo reads this at import)
+    os.environ.setdefault("MUJOCO_GL", "egl")
 
 ENV_IDS = ("UR5Reacher-v0", "UR5VisualReacher-v0", "Create2Mover-v0")
 CAMERA_IDS = ("UR5VisualReacher-v0",)  # tasks whose observation includes a camera image (a real one: camera=DEVICE)

@@ -167,6 +167,26 @@ class SimArm(MujocoSim):
     def show_target(self, position):
         self.data.mocap_pos[self._target_mocap] = position
 
+    def show_screen_target(self, position):
+        """UR5VisualReacher-v0's red disc on the screen."""
+        self.data.mocap_pos[self.model.body("screen_target").mocapid[0]] = position
+
+    def view(self, camera, size):
+        """An RGB frame of `camera`, size x size (UR5VisualReacher-v0's camera on the arm)."""
+        if getattr(self, "_views", None) is None:
+            self._views = {}
+        if size not in self._views:
+            self._views[size] = self.mj.Renderer(self.model, size, size)
+        self.mj.mj_forward(self.model, self.data)
+        self._views[size].update_scene(self.data, camera=camera)
+        return self._views[size].render()
+
+    def close(self):
+        for renderer in (getattr(self, "_views", None) or {}).values():
+            renderer.close()
+        self._views = None
+        super().close()
+
 
 class RTDEArm:
     """The real UR5 through ur_rtde's RTDEControlInterface and RTDEReceiveInterface. Every fault (lost connection,

@@ -53,6 +53,7 @@ def parse(argv):
     parser.add_argument("--robot-host", help="UR5Reacher: IP of the real arm")
     parser.add_argument("--robot-port", help="Create2Mover: serial device of the real robot")
     parser.add_argument("--realtime", action="store_true", help="simulated robots: pace steps to the real cycle")
+    parser.add_argument("--camera", help="UR5VisualReacher: the real camera (an OpenCV device, e.g. 0 or /dev/video0)")
     parser.add_argument("--capture-video", action="store_true", help="record the episodes to videos/evaluate_*")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = parser.parse_args(argv)
@@ -67,7 +68,10 @@ def evaluate(opts):
     saved = module.Args(**source["args"])
     args = dataclasses.replace(saved, env=opts.env or saved.env, robot_host=opts.robot_host,
                                robot_port=opts.robot_port, realtime=opts.realtime, capture_video=opts.capture_video,
-                               run_name=f"evaluate_{Path(opts.path).resolve().name}")
+                               run_name=f"evaluate_{Path(opts.path).resolve().name}",
+                               **({"camera": opts.camera} if isinstance(saved, PixelArgs) else {}))
+    if opts.camera and not isinstance(saved, PixelArgs):
+        raise RunError(f"--camera: {source['algo']}.py does not learn from images")
     env = make_env(args, source["algo"], action_spaces=(gym.spaces.Box, gym.spaces.Discrete),
                    finite_action_bounds=False, images=True,
                    pixels=isinstance(args, PixelArgs))  # check_spaces holds it to the saved ones
