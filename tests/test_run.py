@@ -190,8 +190,10 @@ def test_resume_restores_counters_and_streams_and_continues_the_logs():
     assert resumed_args.run_name == "cut" and checkpoint["global_step"] == 41
     resumed, code = train(resumed_args, checkpoint=checkpoint)
     assert code == 0 and resumed.global_step == 100
+    # Both processes' event files may bear the same second in their names, so TensorBoard's file order says nothing:
+    # every step is logged once, none lost or repeated across the cut.
     steps = [s for s, _ in scalars(cut.dir)["charts/SPS"]]
-    assert steps == sorted(set(steps)) == list(range(10, 101, 10))
+    assert sorted(steps) == list(range(10, 101, 10))
 
 
 def test_checkpoints_keep_the_last_k():

@@ -145,7 +145,7 @@ def test_filters_and_bad_input(runs, tmp_path):
 def test_episodes_exported_to_csv_plot_and_score_as_the_event_files_do(runs, tmp_path):
     """--export-episodes writes global step, return and length of every episode; plot.py reads those files as runs,
     with the same groups and final returns as from the event files (returns kept to 0.01)."""
-    real = runs / "real"
+    real = runs / "runs" / "real"
     out = subprocess.run([*PLOT, str(real), "--out", str(tmp_path / "fig"), "--formats", "png", "--export-episodes",
                           str(tmp_path / "data")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
