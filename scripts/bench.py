@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -96,7 +97,7 @@ def run_ours(algo, mode, args, workdir, steps, warmup, env_id, tag=""):
     run_name = f"bench_{algo}_{mode}{tag}"
     cmd = [sys.executable, str(REPO / f"{algo}.py"), "--env", env_id, "--total-timesteps", str(steps),
            "--seed", "1", "--log-every", str(args.log_every), "--compile", mode, "--run-name", run_name,
-           "--checkpoint-every", str(steps // 2)]
+           "--checkpoint-every", str(steps // 2), *shlex.split(args.script_args)]
     code, lines, stderr, rss = run_pinned(cmd, args.cpu, workdir)
     if code != 0:
         raise BenchError(f"{' '.join(cmd)} failed ({code}): {stderr.strip().splitlines()[-1:]}")
@@ -206,6 +207,8 @@ def main(argv=None):
     parser.add_argument("--eager-steps", type=int, default=10_000, help="environment steps per eager measurement")
     parser.add_argument("--eager-warmup", type=int, default=4_000, help="steps left out of the eager timings")
     parser.add_argument("--log-every", type=int, default=1_000)
+    parser.add_argument("--script-args", default="", metavar="FLAGS",
+                        help="more flags for each of our runs, one quoted string (e.g. '--no-shared-encoder')")
     parser.add_argument("--reference", nargs="+", default=[], metavar="DIR",
                         help="checkouts of the authors' released code to time beside ours")
     parser.add_argument("--reference-steps", type=int, default=100_000,
@@ -233,6 +236,30 @@ def main(argv=None):
     return 0
 
 
+def transition_bytes(env_id, script_args):
+    """What batch SAC stores per transition of env_id, (s, a, r, s', terminated): float32 vectors, and images as the
+    scripts see them, uint8 and stacked (--frame-stack)."""
+    import gymnasium as gym
+
+    import tasks  # noqa: F401  (registers VisualDotReacher-v0 and friends)
+    from incremental_utils.flags import PixelArgs
+
+    def flag(name, default):
+        return int(script_args[script_args.index(name) + 1]) if name in script_args else default
+
+    space = gym.make(env_id).observation_space
+    parts = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
+    image = [p for p in parts if p.dtype == np.uint8 and len(p.shape) == 3]
+    vector = sum(int(np.prod(p.shape)) for p in parts if p not in image)
+    if "--pixels" in script_args:
+        image, size = [True], flag("--image-size", PixelArgs.image_size)
+        pixels = size * size * 3
+    else:
+        pixels = sum(int(np.prod(p.shape)) for p in image)
+    stacked = pixels * (flag("--frame-stack", PixelArgs.frame_stack) if image else 1)
+    return 2 * (stacked + 4 * vector) + 4 * (int(np.prod(gym.make(env_id).action_space.shape)) + 2)
+
+
 def print_tables(args, rows, references):
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
@@ -248,14 +275,9 @@ def print_tables(args, rows, references):
             print(f"| {algo}.py | {r['env']} | {'compiled' if mode == 'on' else 'eager'} | {r['sps']:.0f} | "
                   f"{r['p50']:.0f} | {r['p99']:.0f} | {r['rss_mb']:.0f} | {r['state_kb']:.0f} | {r['buffer_kb']:.0f} | "
                   f"{compile_s} |")
-        import gymnasium as gym
-
         env_id = args.env or "Hopper-v4"
-        probe = gym.make(env_id)
-        obs_dim, act_dim = int(np.prod(probe.observation_space.shape)), int(np.prod(probe.action_space.shape))
-        # batch SAC stores (s, a, r, s', terminated) as float32: two observations, the action and two scalars
         print(f"\nFor scale: batch SAC's replay buffer at 1M transitions of {env_id} holds "
-              f"{1_000_000 * (2 * obs_dim + act_dim + 2) * 4 / 2 ** 20:.0f} MB.")
+              f"{transition_bytes(env_id, shlex.split(args.script_args)) * 1_000_000 / 2 ** 20:,.0f} MB.")
     if references:
         print("\n| ours | released script | environment | steps | ours (steps/s) | released (steps/s) | ratio "
               "| ours peak RSS (MB) | released peak RSS (MB) |")

@@ -49,3 +49,13 @@ def test_throughput_times_the_step_counters_after_the_warm_up():
     assert bench.throughput(lines, r"global_step=(\d+)", warmup=500) == pytest.approx(2000.0)  # 1000 -> 5000 in 2 s
     with pytest.raises(bench.BenchError, match="too few step counters"):
         bench.throughput(lines, r"global_step=(\d+)", warmup=4000)
+
+
+def test_the_replay_buffer_for_scale_counts_stacked_uint8_images_and_float32_vectors():
+    """Per transition (s, a, r, s', terminated): Hopper's 11 + 11 + 3 + 2 float32s; VisualDotReacher-v0's two stacks of
+    3 RGB 84x84 frames in bytes, its 4 proprioceptive floats twice, the 2-d action and two scalars."""
+    assert bench.transition_bytes("Hopper-v4", []) == 4 * (11 + 11 + 3 + 2)
+    assert bench.transition_bytes("VisualDotReacher-v0", []) == 2 * (3 * 3 * 84 * 84) + 4 * (4 + 4 + 2 + 2)
+    assert bench.transition_bytes("VisualDotReacher-v0", ["--frame-stack", "1"]) == 2 * 3 * 84 * 84 + 4 * 12
+    assert bench.transition_bytes("Pendulum-v1", ["--pixels", "--image-size", "64"]) == \
+        2 * (3 * 3 * 64 * 64) + 4 * (3 + 3 + 1 + 2)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
+pytestmark = pytest.mark.xdist_group("plot")  # one worker: the module fixture is built once
+
 ROOT = Path(__file__).resolve().parent.parent
 # scripts/ is not a package; load plot.py by path rather than put scripts/ on sys.path for the whole session.
 _spec = importlib.util.spec_from_file_location("scripts_plot", ROOT / "scripts" / "plot.py")

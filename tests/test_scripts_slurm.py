@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("slurm")  # one worker: the module fixture is built once
+
 ROOT = Path(__file__).resolve().parent.parent
 SLURM = [sys.executable, str(ROOT / "scripts" / "slurm.py")]
 PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("sweep")  # one worker: the module fixture is built once
+
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = [sys.executable, str(ROOT / "scripts" / "sweep.py")]
 EXPERIMENTS = ROOT / "scripts" / "experiments"
