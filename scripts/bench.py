@@ -208,7 +208,8 @@ def main(argv=None):
     parser.add_argument("--eager-warmup", type=int, default=4_000, help="steps left out of the eager timings")
     parser.add_argument("--log-every", type=int, default=1_000)
     parser.add_argument("--script-args", default="", metavar="FLAGS",
-                        help="more flags for each of our runs, one quoted string (e.g. '--no-shared-encoder')")
+                        help="more flags for each of our runs, one string after '=' "
+                             "(e.g. --script-args='--no-shared-encoder')")
     parser.add_argument("--reference", nargs="+", default=[], metavar="DIR",
                         help="checkouts of the authors' released code to time beside ours")
     parser.add_argument("--reference-steps", type=int, default=100_000,

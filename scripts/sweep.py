@@ -130,15 +130,16 @@ def check_extra(extra):
 
 
 def make_jobs(variants, envs, seeds, total_timesteps):
-    """variants: (exp_name, algo, extra args) triples, or with a fourth element {"seeds": N, "budget": STEPS} when a
-    variant runs only the first N of the seeds or its own budget. Seeds vary slowest, so that the first runs cover
-    every variant and environment with a few seeds: a sweep cut short still gives a comparison."""
+    """variants: (exp_name, algo, extra args) triples, or with a fourth element {"seeds": N, "budget": STEPS,
+    "envs": [...]} when a variant runs only the first N of the seeds, its own budget, or only on some of the
+    environments. Seeds vary slowest, so that the first runs cover every variant and environment with a few seeds: a
+    sweep cut short still gives a comparison."""
     seeds, jobs = list(seeds), []
     for i, seed in enumerate(seeds):
         for env in envs:
             for exp_name, algo, extra, *own in variants:
                 own = own[0] if own else {}
-                if i < own.get("seeds", len(seeds)):
+                if i < own.get("seeds", len(seeds)) and env in own.get("envs", (env,)):
                     jobs.append(Job(algo, env, seed, exp_name, own.get("budget", total_timesteps), tuple(extra)))
     names = [job.run_name for job in jobs]
     if len(set(names)) != len(names):

@@ -232,3 +232,24 @@ def test_the_stream_x_recipe_has_its_own_defaults(tmp_path):
     assert "stream_q.py --env CartPole-v1 --seed 1 --exp-name stream_sarsa" in out and "--sarsa" in out
     code, out = run([sys.executable, str(EXPERIMENTS / "stream_x_discrete.py"), "--dry-run"], tmp_path)
     assert "x 5 env(s) x 30 seed(s) = 450 runs of 5,000,000 steps" in out and "MinAtar/Seaquest-v1" in out
+
+
+def test_recipes_with_their_own_seeds_budgets_and_environments_per_variant(tmp_path):
+    code, out = run([sys.executable, str(EXPERIMENTS / "hopper_10m.py"), "--dry-run"], tmp_path)
+    assert code == 0, out
+    commands = [ln for ln in out.splitlines() if "OMP_NUM_THREADS=1" in ln]
+    per_exp = {name: [c for c in commands if f"--exp-name {name} " in c]
+               for name in ("avg", "iac", "sac-1", "td3-1", "stream_ac", "sac-batch")}
+    assert {name: len(c) for name, c in per_exp.items()} == {"avg": 5, "iac": 1, "sac-1": 1, "td3-1": 1,
+                                                            "stream_ac": 3, "sac-batch": 1}
+    assert all("--total-timesteps 10000000 " in c for c in commands if "sac-batch" not in c)
+    assert "--total-timesteps 1000000 --buffer-size 1000000" in per_exp["sac-batch"][0]
+    code, out = run([sys.executable, str(EXPERIMENTS / "pixels_dot_reacher.py"), "--dry-run"], tmp_path)
+    assert code == 0, out
+    commands = [ln for ln in out.splitlines() if "OMP_NUM_THREADS=1" in ln]
+    runs = sorted(c.split("--run-name ")[1].split()[0] for c in commands)
+    images = [f"VisualDotReacher-v0__{exp}__{seed}" for exp in ("avg-pixels", "stream_ac-pixels") for seed in (1, 2, 3)]
+    separate = [f"VisualDotReacher-v0__avg-pixels-separate__{seed}" for seed in (1, 2)]
+    vectors = [f"DotReacher-v0__{exp}__{seed}" for exp in ("avg", "stream_ac") for seed in (1, 2, 3)]
+    assert runs == sorted(images + separate + vectors)
+    assert all(("--no-shared-encoder" in c) == ("separate" in c) for c in commands)
