@@ -11,11 +11,10 @@ observation, A ~ N(mu(S), std(S)), std = softplus(.), u <- gamma u + R the episo
     for each network: M = alpha kappa max(|delta|, 1) ||z||_1, theta <- theta + alpha / max(M, 1) delta z
 Both gradients use the pre-update parameters; traces and u restart at every episode end. --optimizer adaptive uses
 z / sqrt(v_hat + eps) for z, v_hat the bias-corrected running mean of (delta z)^2 (beta2 0.999).
-Departures from the authors' stream_ac_continuous.py (or choices where docs/algorithms.md is silent): truncation
-bootstraps (theirs terminates); u restarts at 0 each episode (their wrapper carries an episode's last reward over);
-sparse init keeps at least one weight per unit (theirs zeroes a whole row for fan_in < 10); log pi is the density of
-the unclipped sample and only the action sent is clipped, and the time feature -0.5 + t / limit is appended after
-normalisation (limit 1000 if undeclared), as theirs.
+Departures from the authors' stream_ac_continuous.py (or choices where algorithms.md is silent): truncation bootstraps
+(theirs terminates); u restarts at 0 each episode (theirs carries an episode's last reward over); sparse init keeps
+one weight per unit at least (theirs zeroes a row for fan_in < 10). As theirs: log pi is the unclipped sample's
+density, only the action sent is clipped; the time feature -0.5 + t / limit (1000 if undeclared) follows normalisation.
 """
 import math
 import sys
