@@ -56,7 +56,7 @@ class Args(RunArgs, PixelArgs):
     action_mapping: Literal["rescale", "clip"] = "rescale"
     """tanh's [-1, 1] to the action bounds: rescale onto them, or clip as the authors' code does (algorithms.md 1)"""
     shared_encoder: bool = True
-    """images: one encoder, trained by the critic, whose features the actor reads (else one encoder per network)"""
+    """images: one encoder for actor and critic, trained by the critic (1.7x faster than one each, learns sooner)"""
     augment: Literal["none", "shift"] = "none"
     """images: random shifts of an update's S by up to 2% of the image's side (the acting pass sees the centre)"""
 
@@ -186,9 +186,7 @@ class PixelEncoder(nn.Module):
 
 def network_input(encoder, obs, augment=False):
     """What a trunk reads: the observation itself, or for images the encoder's features beside the proprioception."""
-    if encoder is None:
-        return obs
-    return torch.cat([encoder(obs.image, obs.shift if augment else None), obs.vector], -1)
+    return obs if encoder is None else torch.cat([encoder(obs.image, obs.shift if augment else None), obs.vector], -1)
 
 
 def mlp_trunk(n_in, hidden, feature_norm):
@@ -277,6 +275,8 @@ class AVG(nn.Module):
         act_dim, hidden, norm = len(act_low), args.hidden_size, args.feature_norm
         self.augment = image_shape is not None and args.augment == "shift"
         self.pad = round(0.02 * image_shape[-1]) if self.augment else 0
+        # One shared encoder by default: on VisualDotReacher-v0 an update costs 5.9 ms against 10.1 with one per
+        # network, and the shared one learned sooner in both seeds, ending level at 60k steps (docs/results.md, pixels)
         encoders = [PixelEncoder(image_shape, self.pad) for _ in range(1 if args.shared_encoder else 2)] \
             if image_shape is not None else [None, None]
         in_dim = obs_dim + (encoders[0].features if image_shape is not None else 0)
