@@ -31,6 +31,19 @@ def start_script(script, *args, cwd, **env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def kill_after_first_checkpoint(script, *args, run_dir, cwd, timeout=300):
+    """Starts a script, kills it with SIGKILL as soon as its first checkpoint is on disk (or at the timeout), and
+    returns its exit status: what a crash mid-run leaves behind, for the resume tests."""
+    import time
+
+    proc = start_script(script, *args, cwd=cwd)
+    checkpoints, deadline = Path(run_dir) / "checkpoints", time.time() + timeout
+    while not list(checkpoints.glob("step_*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    return proc.wait()
+
+
 def scalars(run_dir):
     """{tag: [(step, value), ...]} from a run directory's TensorBoard event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -1,5 +1,9 @@
 """Shared by the tests/test_robots_*.py files."""
+import signal
+import threading
 import time
+
+import pytest
 
 
 def wait_for(condition, timeout=1.0):
@@ -10,3 +14,15 @@ def wait_for(condition, timeout=1.0):
             return False
         time.sleep(0.005)
     return True
+
+
+def step_through_ctrl_c(env, action):
+    """Calls env.step(action) with a SIGINT raised 10 ms into it (a Ctrl-C mid-command), checks the step lets the
+    KeyboardInterrupt through, and returns time.monotonic() just after it."""
+    timer = threading.Timer(0.01, signal.raise_signal, (signal.SIGINT,))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        env.step(action)
+    interrupted = time.monotonic()
+    timer.join()
+    return interrupted

@@ -237,23 +237,16 @@ def test_a_pixel_run_resumes_exactly_evaluates_and_warm_starts(tmp_path, script)
     """VisualDotReacher-v0 from images: killed after an episode-boundary checkpoint and resumed, the run ends as the
     same run left alone; --eval-every evaluates; evaluate.py runs its .model; --init-from starts a new run from it."""
     import signal
-    import time
 
-    from helpers import REPO, scalars, script_env, start_script
+    from helpers import REPO, kill_after_first_checkpoint, scalars, script_env
     common = ["--env", "VisualDotReacher-v0", "--total-timesteps", 600, "--seed", 3, "--compile", "off",
               "--save-model", "--augment", "shift", "--log-every", 100]
     whole = run_script(script, *common, "--run-name", "whole", "--eval-every", 300, "--eval-episodes", 2,
                        cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     assert [s for s, _ in scalars(tmp_path / "runs" / "whole")["eval/episodic_return"]] == [300, 600]
-    proc = start_script(script, *common, "--run-name", "cut", "--checkpoint-every", 200, cwd=tmp_path)
-    checkpoints = tmp_path / "runs" / "cut" / "checkpoints"
-    deadline = time.time() + 300
-    while not list(checkpoints.glob("step_*.pt")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_after_first_checkpoint(script, *common, "--run-name", "cut", "--checkpoint-every", 200,
+                                       run_dir=tmp_path / "runs" / "cut", cwd=tmp_path) == -signal.SIGKILL
     resumed = run_script(script, "--resume", tmp_path / "runs" / "cut", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     returns = {name: [v for _, v in scalars(tmp_path / "runs" / name)["charts/episodic_return"]]

@@ -17,7 +17,7 @@ import robots
 from robots import create2
 from robots import open_interface as oi
 from robots.create2_emulator import LIGHT_BUMP_BEARINGS, Create2Emulator
-from robots_helpers import wait_for
+from robots_helpers import step_through_ctrl_c, wait_for
 
 CYCLE = 0.045  # three stream frames; keeps the serial tests short
 
@@ -205,12 +205,7 @@ def test_serial_ctrl_c_inside_step_stops_the_wheels(emulator):
     env = serial_env(emulator)
     env.reset(seed=0)
     env.step(np.array([100.0, 100.0]))
-    timer = threading.Timer(0.01, signal.raise_signal, (signal.SIGINT,))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        env.step(np.array([100.0, 100.0]))
-    interrupted = time.monotonic()
-    timer.join()
+    interrupted = step_through_ctrl_c(env, np.array([100.0, 100.0]))
     assert wait_for(lambda: (emulator.left, emulator.right) == (0, 0), timeout=0.5)
     stops = [t for t, opcode, args in emulator.log if opcode == oi.DRIVE_DIRECT and args == bytes(4)]
     assert stops[-1] < interrupted + 0.06  # from step() itself: the watchdog would wait two cycles (90 ms)

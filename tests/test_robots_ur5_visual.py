@@ -1,8 +1,6 @@
 """UR5VisualReacher-v0: the simulated task (the arm's camera, the screen's target, the image reward) and the real path
 against stand-ins: ur_rtde's interfaces (test_robots_ur5.py's) and capture sources that deliver frames, and one that
 stalls. A stalled camera stops the arm exactly as a lost link does: a one-line RobotError, exit status 4 from a script."""
-import signal
-import threading
 import time
 
 import cv2
@@ -12,6 +10,7 @@ import pytest
 
 import robots
 from robots import ur5, ur5_visual
+from robots_helpers import step_through_ctrl_c
 from test_robots_ur5 import HOST, StandInUR5, arm  # noqa: F401 (the fixture)
 
 
@@ -144,11 +143,7 @@ def test_ctrl_c_inside_a_step_stops_the_arm(arm):  # noqa: F811
     env = gym.make("UR5VisualReacher-v0", host=HOST, camera=Capture(), screen=Screen())
     env.reset(seed=0)
     env.step(np.array([0.2, 0.0]))
-    timer = threading.Timer(0.01, signal.raise_signal, (signal.SIGINT,))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        env.step(np.array([0.2, 0.0]))
-    timer.join()
+    step_through_ctrl_c(env, np.array([0.2, 0.0]))
     names = arm.names()
     assert "speedStop" in names[len(names) - 1 - names[::-1].index("speedJ"):]
     env.close()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, env_for, run_script, scalars, start_script, text_tags
+from helpers import REPO, env_for, kill_after_first_checkpoint, run_script, scalars, start_script, text_tags
 from helpers import SCRIPTS
 from incremental_utils.checkpoints import load_checkpoint as load
 from incremental_utils.errors import RunError
@@ -176,15 +176,9 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, algo):
               "--save-model"]
     whole = run_script(f"{algo}.py", *common, "--run-name", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
-    proc = start_script(f"{algo}.py", *common, "--run-name", "cut", "--checkpoint-every", 300, "--track",
-                        cwd=tmp_path)
-    checkpoints = tmp_path / "runs" / "cut" / "checkpoints"
-    deadline = time.time() + 120
-    while not list(checkpoints.glob("step_*.pt")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_after_first_checkpoint(f"{algo}.py", *common, "--run-name", "cut", "--checkpoint-every", 300,
+                                       "--track", run_dir=tmp_path / "runs" / "cut", cwd=tmp_path,
+                                       timeout=120) == -signal.SIGKILL
     resumed = run_script(f"{algo}.py", "--resume", tmp_path / "runs" / "cut", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming cut" in resumed.stdout
