@@ -15,6 +15,8 @@ import torch
 from .errors import RunError
 
 IMAGE, VECTOR = "image", "proprio"
+# The pixel scripts' encoders (three unpadded 3x3 convolutions of stride 2) leave nothing of a smaller image.
+MIN_SIDE = 15
 
 
 def box_leaves(space):
@@ -67,13 +69,13 @@ def make_rendering(env_id, args, make):
     """gym.make for --pixels: the environment made to render RGB frames of --image-size at the chosen camera."""
     size = args.image_size
     camera = args.render_camera
+    camera = int(camera) if str(camera).isdigit() else camera  # an index, or a camera's name
     if env_id.startswith("dm_control/"):
-        kwargs = {"render_kwargs": {"width": size, "height": size, "camera_id": int(camera or 0)}}
+        kwargs = {"render_kwargs": {"width": size, "height": size, "camera_id": 0 if camera is None else camera}}
     elif "gymnasium.envs.mujoco" in str(spec_of(env_id).entry_point):
         kwargs = {"width": size, "height": size}
         if camera is not None:
-            kwargs["camera_id" if str(camera).isdigit() else "camera_name"] = int(camera) if str(camera).isdigit() \
-                else camera
+            kwargs["camera_id" if isinstance(camera, int) else "camera_name"] = camera
     else:
         if camera is not None:
             raise RunError(f"--render-camera applies to gymnasium's MuJoCo and DeepMind Control tasks; {env_id} "
@@ -82,9 +84,17 @@ def make_rendering(env_id, args, make):
     if not os.environ.get("DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless: render off-screen
     try:
-        return make(render_mode="rgb_array", **kwargs)
+        env = make(render_mode="rgb_array", **kwargs)
     except TypeError as e:  # an environment that takes no render_mode
         raise RunError(f"--pixels: {env_id} cannot render ({' '.join(str(e).split())[:200]})") from None
+    model = getattr(env.unwrapped, "model", None)
+    if "width" in kwargs and camera is not None and model is not None:  # gymnasium falls back to its free camera
+        import mujoco
+        names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
+        if camera not in names and camera not in range(model.ncam):
+            env.close()
+            raise RunError(f"--render-camera {camera}: {env_id} has no such camera; it has {model.ncam}: {names}")
+    return env
 
 
 class RenderedImage(gym.ObservationWrapper):
@@ -98,7 +108,23 @@ class RenderedImage(gym.ObservationWrapper):
         self.observation_space = gym.spaces.Dict({"frame": gym.spaces.Box(0, 255, frame.shape, np.uint8),
                                                   "state": env.observation_space})
 
+    # Two gymnasium MuJoCo envs in one process (training and evaluation) share a thread's OpenGL: gymnasium makes a
+    # context current only when it makes it, and frees its MuJoCo render context whenever Python collects it, in
+    # whichever context is current then. Either way the other env's frames come out black, so make ours current.
+    def _viewer(self):
+        viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
+        if hasattr(viewer, "make_context_current"):
+            viewer.make_context_current()
+            return viewer
+
+    def close(self):
+        viewer = self._viewer()
+        if viewer is not None and getattr(viewer, "con", None) is not None:
+            viewer.con.free()  # now, in its own context
+        super().close()
+
     def _frame(self, first=False):
+        self._viewer()
         try:
             if first:
                 self.env.reset()
@@ -127,6 +153,9 @@ class ImageAndVector(gym.ObservationWrapper):
         if len(found) != 1:
             raise RunError(f"{env_id} must have exactly one image in its observation, has {len(found)}: {space}")
         self.image_key, image = found[0]
+        if min(image.shape[:2]) < MIN_SIDE:
+            raise RunError(f"{env_id}'s image is {image.shape[0]}x{image.shape[1]} (height x width): the encoder needs "
+                           f"at least {MIN_SIDE} pixels a side")
         rest = {k: v for k, v in space.spaces.items() if k != self.image_key} if self.image_key else {}
         if proprio and not all(isinstance(leaf, gym.spaces.Box) for leaf in box_leaves(gym.spaces.Dict(rest))):
             raise RunError(f"the vector parts of {env_id}'s observation must be Boxes: {space}")
@@ -197,8 +226,8 @@ def pixel_observations(env, env_id, args):
     its actions already, if asked)."""
     if args.frame_stack < 1:
         raise RunError(f"--frame-stack must be at least 1, got {args.frame_stack}")
-    if args.image_size < 8:
-        raise RunError(f"--image-size must be at least 8, got {args.image_size}")
+    if args.image_size < MIN_SIDE:
+        raise RunError(f"--image-size must be at least {MIN_SIDE} (the encoder's smallest image), got {args.image_size}")
     if args.pixels:
         if images_in(env.observation_space):
             raise RunError(f"--pixels: {env_id} has a camera image already; run it without --pixels")

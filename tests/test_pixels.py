@@ -80,9 +80,15 @@ def test_a_dict_image_with_vectors_is_split_and_no_proprio_drops_the_vectors():
     ("faulty_envs:FloatImage-v0", {}, "the image must be uint8 of shape (height, width, channels), got float32"),
     ("faulty_envs:FlatImage-v0", {}, "must be uint8 of shape (height, width, channels), got uint8 of shape (10, 10)"),
     ("faulty_envs:TwoImage-v0", {}, "must have exactly one image in its observation, has 2"),
+    ("faulty_envs:ImageObservation-v0", {}, "image is 10x10 (height x width): the encoder needs at least 15 pixels"),
     ("faulty_envs:Point-v0", {"frame_stack": 4}, "--frame-stack and --no-proprio are for image observations"),
     ("faulty_envs:Point-v0", {"pixels": True}, "--pixels: faulty_envs:Point-v0 cannot render"),
     ("VisualDotReacher-v0", {"pixels": True}, "has a camera image already; run it without --pixels"),
+    ("Hopper-v4", {"pixels": True, "render_camera": "nope"}, "--render-camera nope: Hopper-v4 has no such camera; "
+                                                             "it has 1: ['track']"),
+    ("Hopper-v4", {"pixels": True, "render_camera": "1"}, "--render-camera 1: Hopper-v4 has no such camera"),
+    ("dm_control/reacher-easy-v0", {"pixels": True, "render_camera": "nope"},
+     "cannot render (Error: Object of type 'camera' with name 'nope' does not exist."),
     ("VisualDotReacher-v0", {"frame_stack": 0}, "--frame-stack must be at least 1, got 0"),
     ("VisualDotReacher-v0", {"action_repeat": 0}, "--action-repeat must be at least 1, got 0"),
 ])
@@ -95,6 +101,7 @@ def test_images_a_pixel_learner_cannot_use_are_refused_in_one_line(env_id, flags
     ("iac.py", [], "iac.py learns from vector observations; VisualDotReacher-v0 has images"),
     ("td3_incremental.py", [], "td3_incremental.py learns from vector observations"),
     ("avg.py", ["--frame-stack", "0"], "avg.py: error: --frame-stack must be at least 1, got 0"),
+    ("stream_ac.py", ["--image-size", "8"], "stream_ac.py: error: --image-size must be at least 15 (the encoder's"),
     ("stream_ac.py", ["--env", "faulty_envs:TwoImage-v0"], "must have exactly one image in its observation, has 2"),
 ])
 def test_bad_pixel_input_on_the_command_line_is_one_line_and_exit_2(tmp_path, script, flags, message):
@@ -282,6 +289,48 @@ def test_dm_control_from_its_rendered_camera(tmp_path):
     assert [(s, v) for s, v in scalars(run)["charts/episodic_length"]] == [(250, 250)]
     space = torch.load(run / "avg.model", weights_only=False)["observation_space"]
     assert space["image"].shape == (9, 84, 84) and space["proprio"].shape == (6,)
+
+
+@pytest.mark.parametrize("env_id, name, index, is_default", [
+    ("Hopper-v4", "track", "0", False),  # gymnasium's default is its free camera, set by the task
+    ("dm_control/reacher-easy-v0", "fixed", "0", True), ("dm_control/reacher-easy-v0", "hand", "1", False)])
+def test_a_camera_chosen_by_name_renders_what_its_index_does(env_id, name, index, is_default):
+    frames = []
+    for camera in (name, index, None):
+        env = make_env(importlib.import_module("avg").Args(env=env_id, pixels=True, render_camera=camera,
+                                                           frame_stack=1, image_size=32), "avg", pixels=True)
+        frames.append(env.reset(seed=0)[0]["image"])
+        env.close()
+    np.testing.assert_array_equal(frames[0], frames[1])
+    assert np.array_equal(frames[0], frames[2]) == is_default
+
+
+def test_a_mujoco_env_renders_the_same_frames_beside_another_made_closed_or_dropped():
+    """gymnasium's MuJoCo envs share the thread's OpenGL (training and evaluation envs in one process): frames of
+    one must not depend on another being made, closed or collected (they came out black)."""
+    import gc
+
+    def make():
+        return make_env(importlib.import_module("avg").Args(env="Hopper-v4", pixels=True, frame_stack=1,
+                                                            image_size=32), "avg", pixels=True)
+
+    def frames(env):
+        return np.stack([env.reset(seed=0)[0]["image"]] + [env.step(np.full(3, 0.3))[0]["image"] for _ in range(3)])
+
+    train = make()
+    reference = frames(train)
+    assert reference.std() > 10  # a picture, not a blank
+    other = make()
+    np.testing.assert_array_equal(frames(other), reference)
+    np.testing.assert_array_equal(frames(train), reference)
+    other.close()
+    np.testing.assert_array_equal(frames(train), reference)
+    dropped = make()
+    frames(dropped)
+    del dropped
+    gc.collect()
+    np.testing.assert_array_equal(frames(train), reference)
+    np.testing.assert_array_equal(frames(make()), reference)
 
 
 def test_avg_learns_visual_dot_reacher_from_pixels(tmp_path):
