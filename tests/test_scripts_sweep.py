@@ -253,3 +253,10 @@ def test_recipes_with_their_own_seeds_budgets_and_environments_per_variant(tmp_p
     vectors = [f"DotReacher-v0__{exp}__{seed}" for exp in ("avg", "stream_ac") for seed in (1, 2, 3)]
     assert runs == sorted(images + separate + vectors)
     assert all(("--no-shared-encoder" in c) == ("separate" in c) for c in commands)
+    code, out = run([sys.executable, str(EXPERIMENTS / "pixels_dm_control.py"), "--dry-run"], tmp_path)
+    assert code == 0, out
+    commands = [ln for ln in out.splitlines() if "OMP_NUM_THREADS=1" in ln]
+    runs = sorted(c.split("--run-name ")[1].split()[0] for c in commands)
+    assert runs == sorted(f"dm_control-reacher-easy-v0__{exp}__{seed}" for exp in ("avg", "avg-pixels", "stream_ac",
+                                                                                   "stream_ac-pixels") for seed in (1, 2))
+    assert all(("--pixels" in c) == ("-pixels__" in c) and "--total-timesteps 100000 " in c for c in commands)

@@ -10,7 +10,7 @@ import sys
 
 import recipe
 
-COMMON = ("--compile", "on", "--checkpoint-every", "20000")
+COMMON = ("--compile", "on", "--checkpoint-every", "10000")
 VARIANTS = [("avg-pixels", "avg", ("--pixels", *COMMON)),
             ("stream_ac-pixels", "stream_ac", ("--pixels", *COMMON)),
             ("avg", "avg", COMMON),
