@@ -18,11 +18,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 from incremental_utils.errors import one_line_errors
 from incremental_utils.environments import zero_observation
-from incremental_utils.flags import PixelArgs, RunArgs, check_args, flags_given, resume_args
+from incremental_utils.flags import PixelArgs, RunArgs, check_args, flags_given, parse, resume_args
 from incremental_utils.pixels import Observation, as_observation
 from incremental_utils.run import Run
 from incremental_utils.updates import Adam, MetricSums, all_finite, grad_and_aux
@@ -420,6 +419,6 @@ def main(args, given=frozenset()):
 
 
 if __name__ == "__main__":
-    cli_args = tyro.cli(Args)
+    cli_args = parse(Args)
     with one_line_errors(ALGO):
         sys.exit(main(cli_args, flags_given(sys.argv[1:], Args)))

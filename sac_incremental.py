@@ -20,10 +20,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
 
 from incremental_utils.errors import RunError, one_line_errors
-from incremental_utils.flags import RunArgs, check_args, flags_given, resume_args
+from incremental_utils.flags import RunArgs, check_args, flags_given, parse, resume_args
 from incremental_utils.run import Run
 from incremental_utils.updates import Adam, MetricSums, ReplayBuffer, all_finite, grad_and_aux
 
@@ -383,6 +382,6 @@ def main(args, given=frozenset()):
 
 
 if __name__ == "__main__":
-    cli_args = tyro.cli(Args)
+    cli_args = parse(Args)
     with one_line_errors(ALGO):
         sys.exit(main(cli_args, flags_given(sys.argv[1:], Args)))

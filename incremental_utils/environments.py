@@ -76,7 +76,7 @@ def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=T
         raise RunError(f"--camera applies only to {', '.join(robots.CAMERA_IDS)}")
     rendering = pixels and getattr(args, "pixels", False)
     if getattr(args, "pixels", False) and not pixels:
-        raise RunError(f"{algo}.py does not learn from pixels (avg.py, stream_ac.py and sac_incremental.py do)")
+        raise RunError(f"{algo}.py has --pixels but makes its environment without pixels=True")
     if args.capture_video and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["MUJOCO_GL"] = "egl"  # headless: render off-screen
     try:

@@ -1,5 +1,7 @@
 """The flags every algorithm script has (RunArgs, which each script's Args extends, so that --help lists them all),
 the checks of their values, and the rules of --resume: which flags may change when a run is continued."""
+import contextlib
+import io
 import shlex
 import sys
 from dataclasses import dataclass
@@ -86,6 +88,33 @@ class PixelArgs:
 # Flags that may change when a run is resumed: how it runs, not what it learns.
 RESUME_OVERRIDES = {"total_timesteps", "checkpoint_every", "keep_checkpoints", "log_every", "track", "on_nonfinite",
                     "compile", "robot_host", "robot_port", "realtime", "eval_every", "eval_episodes", "camera"}
+
+
+def parse(args_class, argv=None):
+    """tyro.cli, with a bad flag said in one line as every other bad input is (tyro draws a box of many lines)."""
+    import tyro
+    box = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(box):
+            args = tyro.cli(args_class, args=argv)
+    except SystemExit as e:
+        if not e.code:  # --help: printed to stdout
+            raise
+        sections, part = [], []
+        for line in box.getvalue().splitlines()[1:-1]:  # inside the box: sections between rules
+            line = line.strip().strip("│").strip()
+            if line and set(line) <= {"─"}:
+                sections, part = sections + [part], []
+            elif line:
+                part.append(line)
+        said = " ".join(sections[0]).rstrip(".") if sections and sections[0] else "bad command line"
+        meant = [p[1].split()[0] for p in sections[1:] if len(p) > 1 and p[0].startswith("Perhaps you meant")]
+        prog = Path(sys.argv[0]).name
+        print(f"{prog}: error: {said}" + (f" (perhaps {meant[0]})" if meant else "") + f"; see {prog} --help",
+              file=sys.stderr)
+        sys.exit(2)
+    sys.stderr.write(box.getvalue())
+    return args
 
 
 def flags_given(argv, args_class):

@@ -91,7 +91,9 @@ def test_bad_arguments_are_refused_with_a_clear_message(tmp_path, monkeypatch, a
 
 @per_script
 @pytest.mark.parametrize("flags, message", [(["--env", "NoSuchEnv-v0"], "cannot make environment"),
-                                            (["--total-timesteps", "-5"], "--total-timesteps must be positive")])
+                                            (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
+                                            (["--sed", "3"], "Unrecognized options: --sed, 3 (perhaps --seed)"),
+                                            (["--seed", "abc"], "Error parsing --seed: invalid literal for int()")])
 def test_bad_input_on_the_command_line_gets_one_line_and_exit_2(tmp_path, algo, flags, message):
     out = run_script(f"{algo}.py", *flags, cwd=tmp_path)
     assert out.returncode == 2
