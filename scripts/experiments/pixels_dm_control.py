@@ -1,7 +1,8 @@
 """DeepMind Control from pixels: AVG and Stream AC(lambda) on dm_control/reacher-easy-v0 rendered by its camera
 (--pixels: 84x84, three frames, action repeat 4, the proprioception beside the image), beside the same task from
-its vector observation, 100k agent steps (400k environment steps from pixels), 2 seeds. docs/results.md ("Learning
-from pixels") has the results.
+its vector observation, 100k agent steps (400k environment steps from pixels), 2 seeds; and one seed each of the
+vector with the pixel runs' action repeat and of the image without the vector. docs/results.md ("Learning from
+pixels") has the results.
 
     python scripts/experiments/pixels_dm_control.py --jobs 2      # rendering costs 12-14 ms a frame on a CPU
     python scripts/experiments/pixels_dm_control.py --envs dm_control/finger-spin-v0 --dry-run
@@ -14,7 +15,11 @@ COMMON = ("--compile", "on", "--checkpoint-every", "10000")
 VARIANTS = [("avg-pixels", "avg", ("--pixels", *COMMON)),
             ("stream_ac-pixels", "stream_ac", ("--pixels", *COMMON)),
             ("avg", "avg", COMMON),
-            ("stream_ac", "stream_ac", COMMON)]
+            ("stream_ac", "stream_ac", COMMON),
+            # What separates the first and third: the action repeat alone (the vector, each action 4 times), and the
+            # image alone (--no-proprio: reacher's vector observation holds the target's offset, the image only a disc)
+            ("avg-repeat4", "avg", ("--action-repeat", "4", *COMMON), {"seeds": 1}),
+            ("avg-pixels-only", "avg", ("--pixels", "--no-proprio", *COMMON), {"seeds": 1})]
 DEFAULTS = {"budget": 100_000, "num_seeds": 2, "envs": ["dm_control/reacher-easy-v0"]}
 
 if __name__ == "__main__":
