@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+import tyro
+
 from .checkpoints import load_checkpoint
 from .errors import RunError
 
@@ -92,7 +94,6 @@ RESUME_OVERRIDES = {"total_timesteps", "checkpoint_every", "keep_checkpoints", "
 
 def parse(args_class, argv=None):
     """tyro.cli, with a bad flag said in one line as every other bad input is (tyro draws a box of many lines)."""
-    import tyro
     box = io.StringIO()
     try:
         with contextlib.redirect_stderr(box):

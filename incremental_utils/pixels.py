@@ -67,8 +67,7 @@ def spec_of(env_id):
 
 def make_rendering(env_id, args, make):
     """gym.make for --pixels: the environment made to render RGB frames of --image-size at the chosen camera."""
-    size = args.image_size
-    camera = args.render_camera
+    size, camera = args.image_size, args.render_camera
     camera = int(camera) if str(camera).isdigit() else camera  # an index, or a camera's name
     if env_id.startswith("dm_control/"):
         kwargs = {"render_kwargs": {"width": size, "height": size, "camera_id": 0 if camera is None else camera}}

@@ -201,8 +201,8 @@ def explain_exit(code, log_path):
 
 
 def last_error_line(log_path, keywords=("error", "unrecognized", "non-finite", "stopped", "killed")):
-    """The line that says what went wrong. The scripts print a one-line reason last; tyro draws boxes around its
-    messages, and a traceback ends with the exception, so prefer the last line that names an error."""
+    """The line that says what went wrong. The scripts print a one-line reason last (flags.parse folds tyro's boxes
+    into one), and a traceback ends with the exception, so prefer the last line that names an error."""
     try:
         with open(log_path, "rb") as f:
             f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))

@@ -19,9 +19,13 @@ from incremental_utils.errors import RunError
 PIXEL_SCRIPTS = ["avg", "stream_ac"]
 
 
-def pixel_args(module="avg", **fields):
-    args = importlib.import_module(module).Args(env="VisualDotReacher-v0", **fields)
-    return args
+def pixel_args(module="avg", env="VisualDotReacher-v0", **fields):
+    return importlib.import_module(module).Args(env=env, **fields)
+
+
+def pixel_env(env="VisualDotReacher-v0", **fields):
+    """The environment as avg.py sees it with these flags."""
+    return make_env(pixel_args(env=env, **fields), "avg", pixels=True)
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
@@ -71,7 +75,7 @@ def test_the_dmc_pixel_benchmarks_action_repeat_is_the_default_with_pixels_only(
 
 
 def test_a_dict_image_with_vectors_is_split_and_no_proprio_drops_the_vectors():
-    env = make_env(pixel_args(proprio=False, frame_stack=1), "avg", pixels=True)
+    env = pixel_env(proprio=False, frame_stack=1)
     obs, _ = env.reset(seed=0)
     assert obs["image"].shape == (3, 84, 84) and obs["image"].dtype == np.uint8 and obs["proprio"].shape == (0,)
 
@@ -94,7 +98,7 @@ def test_a_dict_image_with_vectors_is_split_and_no_proprio_drops_the_vectors():
 ])
 def test_images_a_pixel_learner_cannot_use_are_refused_in_one_line(env_id, flags, message):
     with pytest.raises(RunError, match=re.escape(message)):
-        make_env(importlib.import_module("avg").Args(env=env_id, **flags), "avg", pixels=True)
+        pixel_env(env_id, **flags)
 
 
 @pytest.mark.parametrize("script, flags, message", [
@@ -297,8 +301,7 @@ def test_dm_control_from_its_rendered_camera(tmp_path):
 def test_a_camera_chosen_by_name_renders_what_its_index_does(env_id, name, index, is_default):
     frames = []
     for camera in (name, index, None):
-        env = make_env(importlib.import_module("avg").Args(env=env_id, pixels=True, render_camera=camera,
-                                                           frame_stack=1, image_size=32), "avg", pixels=True)
+        env = pixel_env(env_id, pixels=True, render_camera=camera, frame_stack=1, image_size=32)
         frames.append(env.reset(seed=0)[0]["image"])
         env.close()
     np.testing.assert_array_equal(frames[0], frames[1])
@@ -311,8 +314,7 @@ def test_a_mujoco_env_renders_the_same_frames_beside_another_made_closed_or_drop
     import gc
 
     def make():
-        return make_env(importlib.import_module("avg").Args(env="Hopper-v4", pixels=True, frame_stack=1,
-                                                            image_size=32), "avg", pixels=True)
+        return pixel_env("Hopper-v4", pixels=True, frame_stack=1, image_size=32)
 
     def frames(env):
         return np.stack([env.reset(seed=0)[0]["image"]] + [env.step(np.full(3, 0.3))[0]["image"] for _ in range(3)])
