@@ -209,7 +209,7 @@ def test_same_seed_gives_the_same_returns_twice(tmp_path):
     from helpers import run_script, scalars
     returns = []
     for name in ("first", "second"):
-        out = run_script("avg.py", "--env", "Hopper-v4", "--total-timesteps", 400, "--seed", 7, "--compile", "off",
+        out = run_script("avg.py", "--env", "Hopper-v4", "--total-timesteps", 200, "--seed", 7, "--compile", "off",
                          "--run-name", name, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
         returns.append(scalars(tmp_path / "runs" / name)["charts/episodic_return"])

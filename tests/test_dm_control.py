@@ -91,14 +91,15 @@ def test_dm_control_is_installed_against_the_mujoco_it_was_built_for():
 
 
 def test_a_dm_control_run_checkpoints_and_resumes_exactly(tmp_path):
-    """dm_control's task randomness (a legacy numpy RandomState through shimmy) is saved and restored too."""
-    common = ["--env", "dm_control/reacher-hard-v0", "--compile", "off", "--seed", "4"]
-    whole = run_script("avg.py", *common, "--total-timesteps", 2000, "--run-name", "whole", cwd=tmp_path)
+    """dm_control's task randomness (a legacy numpy RandomState through shimmy) is saved and restored too. Each action
+    held for 4 physics steps, so that the 1000-step episodes are 250 agent steps."""
+    common = ["--env", "dm_control/reacher-hard-v0", "--compile", "off", "--seed", "4", "--action-repeat", "4"]
+    whole = run_script("avg.py", *common, "--total-timesteps", 500, "--run-name", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
-    first = run_script("avg.py", *common, "--total-timesteps", 1000, "--checkpoint-every", 1000, "--run-name", "cut",
+    first = run_script("avg.py", *common, "--total-timesteps", 250, "--checkpoint-every", 250, "--run-name", "cut",
                        cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    resumed = run_script("avg.py", "--resume", "runs/cut", "--total-timesteps", 2000, cwd=tmp_path)
+    resumed = run_script("avg.py", "--resume", "runs/cut", "--total-timesteps", 500, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     returns = [[value for _, value in scalars(tmp_path / "runs" / name)["charts/episodic_return"]]
                for name in ("whole", "cut")]

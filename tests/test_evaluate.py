@@ -1,6 +1,9 @@
 """Evaluation, deployment and warm starts, as a user runs them: --eval-every during training (and that it changes
 nothing about training), scripts/evaluate.py on a run directory, a .model and a checkpoint of every script, on
 bad input, and on an (emulated) real Create 2 stopped with Ctrl-C; --init-from."""
+import contextlib
+import importlib.util
+import io
 import json
 import signal
 import subprocess
@@ -25,12 +28,38 @@ def point(algo):
 
 
 def evaluate(*args, cwd, timeout=300):
+    """scripts/evaluate.py as a user runs it, in its own process."""
     return subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), *map(str, args)], cwd=cwd,
                           env=script_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def evaluate_here(*args, cwd):
+    """scripts/evaluate.py's main() in this process, as a CompletedProcess: the same code without the 3-4 s a new
+    process spends importing torch, for the tests that run it many times (the CLI itself is tested by `evaluate`)."""
+    global _evaluate_module
+    if _evaluate_module is None:
+        sys.path.insert(0, str(REPO / "scripts"))
+        spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
+        _evaluate_module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_evaluate_module)
+    stdout, stderr, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the scripts' processes
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = _evaluate_module.main([str(a) for a in args])
+            except SystemExit as e:  # the argument parser's refusals
+                code = e.code
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["evaluate.py", *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+_evaluate_module = None
+
+
 def evaluate_json(*args, cwd):
-    out = evaluate(*args, "--json", cwd=cwd)
+    out = evaluate_here(*args, "--json", cwd=cwd)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -79,7 +108,7 @@ def test_evaluate_reads_a_run_directory_a_model_and_a_checkpoint(tmp_path, algo)
     stochastic = evaluate_json(checkpoint, "--episodes", 4, "--stochastic", cwd=tmp_path)
     if algo != "stream_q":  # its stochastic policy explores with probability --epsilon-end, 0.01: maybe never here
         assert stochastic["returns"] != results[2]["returns"]
-    text = evaluate(run, "--episodes", 3, cwd=tmp_path)
+    text = evaluate_here(run, "--episodes", 3, cwd=tmp_path)
     assert text.returncode == 0 and "mean return" in text.stdout and "95% CI [" in text.stdout
 
 
@@ -99,8 +128,8 @@ def test_evaluate_refuses_bad_input_in_one_line(tmp_path):
              ([model, "--env", "Pendulum-v1"], "was trained with observations of shape (3,) and actions Box(-1.0, 1.0, (2,)"),
              ([model, "--env", "NoSuchEnv-v0"], "cannot make environment 'NoSuchEnv-v0'"),
              ([model, "--episodes", "0"], "--episodes must be positive")]
-    for args, message in cases:
-        out = evaluate(*args, cwd=tmp_path)
+    for i, (args, message) in enumerate(cases):
+        out = (evaluate if i == 0 else evaluate_here)(*args, cwd=tmp_path)  # one through the command line
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.startswith("evaluate.py: error: ") and message in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -20,6 +20,11 @@ TASK = {"stream_q": "CartPole-v1"}  # a task each script can run; Hopper-v4 for 
 LOSSES = {"stream_q": ["losses/td_loss", "losses/q_values"]}
 
 
+def track_flag(algo):
+    """--track for one script: wandb is wholly the shared code's (no script names it), and its start costs seconds."""
+    return ["--track"] if algo == "avg" else []
+
+
 def load_checkpoint(algo, path):
     return load(path, algo)
 
@@ -27,22 +32,24 @@ def load_checkpoint(algo, path):
 @per_script
 def test_a_short_run_logs_what_a_researcher_reads(tmp_path, algo):
     task = TASK.get(algo, "Hopper-v4")
-    out = run_script(f"{algo}.py", "--env", task, "--total-timesteps", 1200, "--log-every", 400,
-                     "--compile", "off", "--seed", 3, "--run-name", "e2e", "--save-model", "--track", cwd=tmp_path)
+    out = run_script(f"{algo}.py", "--env", task, "--total-timesteps", 600, "--log-every", 200,
+                     "--compile", "off", "--seed", 3, "--run-name", "e2e", "--save-model", *track_flag(algo),
+                     cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert len(list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))) == 1  # WANDB_MODE=offline (helpers)
+    if track_flag(algo):
+        assert len(list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))) == 1  # WANDB_MODE=offline (helpers)
     run = tmp_path / "runs" / "e2e"
     tags = scalars(run)
     for tag in ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/update_us_p50",
                 "charts/update_us_p99", "charts/nonfinite_skips",
                 *LOSSES.get(algo, ["losses/actor_loss", "losses/critic_loss"])]:
         assert tag in tags, tag
-    assert [step for step, _ in tags["charts/SPS"]] == [400, 800, 1200]
+    assert [step for step, _ in tags["charts/SPS"]] == [200, 400, 600]
     assert any("hyperparameters" in t for t in text_tags(run))
     args = json.loads((run / "args.json").read_text())
     assert args["algo"] == algo and args["env"] == task and args["seed"] == 3
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["finished"] and summary["global_step"] == 1200 and summary["episodes"] > 0
+    assert summary["finished"] and summary["global_step"] == 600 and summary["episodes"] > 0
     model = torch.load(run / f"{algo}.model", weights_only=False)
     assert model["actor" if "actor" in model else "q_net"] and model["args"]["env"] == task
 
@@ -174,18 +181,19 @@ def episode_returns(run_dir):
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path, algo):
     """Killed with SIGKILL after an episode-boundary checkpoint and resumed, a run ends with the same
     parameters and the same episode returns as the same run left alone."""
-    common = ["--env", env_for(algo, "Point-v0"), "--total-timesteps", 1000, "--seed", 5, "--compile", "off",
+    common = ["--env", env_for(algo, "Point-v0"), "--total-timesteps", 600, "--seed", 5, "--compile", "off",
               "--save-model"]
     whole = run_script(f"{algo}.py", *common, "--run-name", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
-    assert kill_after_first_checkpoint(f"{algo}.py", *common, "--run-name", "cut", "--checkpoint-every", 300,
-                                       "--track", run_dir=tmp_path / "runs" / "cut", cwd=tmp_path,
+    assert kill_after_first_checkpoint(f"{algo}.py", *common, "--run-name", "cut", "--checkpoint-every", 200,
+                                       *track_flag(algo), run_dir=tmp_path / "runs" / "cut", cwd=tmp_path,
                                        timeout=120) == -signal.SIGKILL
     resumed = run_script(f"{algo}.py", "--resume", tmp_path / "runs" / "cut", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming cut" in resumed.stdout
-    wandb_runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(wandb_runs) == 2 and len({run.name.rsplit("-", 1)[1] for run in wandb_runs}) == 1  # the same run id
+    if track_flag(algo):
+        wandb_runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+        assert len(wandb_runs) == 2 and len({run.name.rsplit("-", 1)[1] for run in wandb_runs}) == 1  # same run id
     a = torch.load(tmp_path / "runs" / "whole" / f"{algo}.model", weights_only=False)
     b = torch.load(tmp_path / "runs" / "cut" / f"{algo}.model", weights_only=False)
     for network in [name for name in ("actor", "critic", "q_net", "obs_stats") if name in a]:
