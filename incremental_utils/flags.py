@@ -77,6 +77,8 @@ class PixelArgs:
     """side of the square image that --pixels renders"""
     render_camera: Optional[str] = None
     """--pixels: the camera to render, by name or index; unset: the environment's default"""
+    fast_render: bool = False
+    """--pixels on MuJoCo tasks: draw no shadows or reflections, several times faster on a CPU; the images differ"""
     proprio: bool = True
     """keep the environment's vector observation (proprioception) beside the image"""
     frame_stack: int = 3

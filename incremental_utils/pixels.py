@@ -71,14 +71,17 @@ def make_rendering(env_id, args, make):
     camera = int(camera) if str(camera).isdigit() else camera  # an index, or a camera's name
     if env_id.startswith("dm_control/"):
         kwargs = {"render_kwargs": {"width": size, "height": size, "camera_id": 0 if camera is None else camera}}
+        if args.fast_render:
+            kwargs["render_kwargs"]["render_flag_overrides"] = {"shadow": False, "reflection": False}
     elif "gymnasium.envs.mujoco" in str(spec_of(env_id).entry_point):
         kwargs = {"width": size, "height": size}
         if camera is not None:
             kwargs["camera_id" if isinstance(camera, int) else "camera_name"] = camera
     else:
-        if camera is not None:
-            raise RunError(f"--render-camera applies to gymnasium's MuJoCo and DeepMind Control tasks; {env_id} "
-                           "renders its own view")
+        for flag, value in (("--render-camera", camera), ("--fast-render", args.fast_render or None)):
+            if value is not None:
+                raise RunError(f"{flag} applies to gymnasium's MuJoCo and DeepMind Control tasks; {env_id} renders "
+                               "its own view")
         kwargs = {}
     if not os.environ.get("DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless: render off-screen
@@ -100,9 +103,9 @@ class RenderedImage(gym.ObservationWrapper):
     """--pixels: the observation becomes {"frame": the rendered RGB frame, resized to size x size if it is not,
     "state": the original observation}."""
 
-    def __init__(self, env, size, env_id):
+    def __init__(self, env, size, env_id, fast=False):
         super().__init__(env)
-        self.size, self.env_id = size, env_id
+        self.size, self.env_id, self.fast = size, env_id, fast
         frame = self._frame(first=True)
         self.observation_space = gym.spaces.Dict({"frame": gym.spaces.Box(0, 255, frame.shape, np.uint8),
                                                   "state": env.observation_space})
@@ -114,6 +117,10 @@ class RenderedImage(gym.ObservationWrapper):
         viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
         if hasattr(viewer, "make_context_current"):
             viewer.make_context_current()
+            if self.fast:  # gymnasium takes no render flags: set them on its viewer, made at the first frame
+                import mujoco
+                for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
+                    viewer.scn.flags[flag] = 0
             return viewer
 
     def close(self):
@@ -230,7 +237,7 @@ def pixel_observations(env, env_id, args):
     if args.pixels:
         if images_in(env.observation_space):
             raise RunError(f"--pixels: {env_id} has a camera image already; run it without --pixels")
-        env = RenderedImage(env, args.image_size, env_id)
+        env = RenderedImage(env, args.image_size, env_id, args.fast_render)
     return FrameStack(ImageAndVector(env, env_id, args.proprio), args.frame_stack)
 
 

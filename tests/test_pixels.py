@@ -91,6 +91,8 @@ def test_a_dict_image_with_vectors_is_split_and_no_proprio_drops_the_vectors():
     ("Hopper-v4", {"pixels": True, "render_camera": "nope"}, "--render-camera nope: Hopper-v4 has no such camera; "
                                                              "it has 1: ['track']"),
     ("Hopper-v4", {"pixels": True, "render_camera": "1"}, "--render-camera 1: Hopper-v4 has no such camera"),
+    ("faulty_envs:Point-v0", {"pixels": True, "fast_render": True}, "--fast-render applies to gymnasium's MuJoCo and "
+                                                                    "DeepMind Control tasks; faulty_envs:Point-v0"),
     ("dm_control/reacher-easy-v0", {"pixels": True, "render_camera": "nope"},
      "cannot render (Error: Object of type 'camera' with name 'nope' does not exist."),
     ("VisualDotReacher-v0", {"frame_stack": 0}, "--frame-stack must be at least 1, got 0"),
@@ -307,6 +309,26 @@ def test_a_camera_chosen_by_name_renders_what_its_index_does(env_id, name, index
         env.close()
     np.testing.assert_array_equal(frames[0], frames[1])
     assert np.array_equal(frames[0], frames[2]) == is_default
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v4", "dm_control/reacher-easy-v0"])
+def test_fast_render_draws_the_scene_as_if_it_had_no_shadows_or_reflections(env_id):
+    """--fast-render turns two render flags off; the same picture, reached another way: the model's lights cast no
+    shadows and its materials reflect nothing. Without the flag the picture differs (both tasks have both)."""
+    fast = pixel_env(env_id, pixels=True, fast_render=True, frame_stack=1, action_repeat=1)
+    plain = pixel_env(env_id, pixels=True, frame_stack=1, action_repeat=1)
+    default = plain.reset(seed=0)[0]["image"]
+    task = plain.unwrapped
+    model = task.model if hasattr(task, "model") else task._env.physics.model  # gymnasium's, dm_control's
+    model.light_castshadow[:] = 0
+    model.mat_reflectance[:] = 0
+    frames = [fast.reset(seed=0)[0]["image"], plain.reset(seed=0)[0]["image"]]
+    action = np.full(fast.action_space.shape, 0.5)
+    frames += [fast.step(action)[0]["image"], plain.step(action)[0]["image"]]
+    fast.close(), plain.close()
+    np.testing.assert_array_equal(frames[0], frames[1])
+    np.testing.assert_array_equal(frames[2], frames[3])
+    assert (frames[0] != default).mean() > 0.05
 
 
 def test_a_mujoco_env_renders_the_same_frames_beside_another_made_closed_or_dropped():
