@@ -75,6 +75,9 @@ def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=T
     if "camera" in robot_kwargs and args.env not in robots.CAMERA_IDS:
         raise RunError(f"--camera applies only to {', '.join(robots.CAMERA_IDS)}")
     rendering = pixels and getattr(args, "pixels", False)
+    if pixels and not rendering and (getattr(args, "fast_render", False) or getattr(args, "render_camera", None)):
+        raise RunError("--render-camera and --fast-render choose how --pixels renders; add --pixels (an environment "
+                       "with a camera image of its own is used as it is)")
     if getattr(args, "pixels", False) and not pixels:
         raise RunError(f"{algo}.py has --pixels but makes its environment without pixels=True")
     if args.capture_video and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):

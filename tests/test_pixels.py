@@ -91,6 +91,8 @@ def test_a_dict_image_with_vectors_is_split_and_no_proprio_drops_the_vectors():
     ("Hopper-v4", {"pixels": True, "render_camera": "nope"}, "--render-camera nope: Hopper-v4 has no such camera; "
                                                              "it has 1: ['track']"),
     ("Hopper-v4", {"pixels": True, "render_camera": "1"}, "--render-camera 1: Hopper-v4 has no such camera"),
+    ("VisualDotReacher-v0", {"fast_render": True}, "--render-camera and --fast-render choose how --pixels renders"),
+    ("Hopper-v4", {"render_camera": "track"}, "--render-camera and --fast-render choose how --pixels renders"),
     ("faulty_envs:Point-v0", {"pixels": True, "fast_render": True}, "--fast-render applies to gymnasium's MuJoCo and "
                                                                     "DeepMind Control tasks; faulty_envs:Point-v0"),
     ("dm_control/reacher-easy-v0", {"pixels": True, "render_camera": "nope"},
@@ -245,7 +247,6 @@ def test_a_shared_encoder_belongs_to_the_critic_and_pixels_are_never_normalised(
 
 
 # ------------------------------------------------------------------------------------------------- end to end
-@pytest.mark.long
 @pytest.mark.parametrize("script", ["avg.py", "stream_ac.py"])
 def test_a_pixel_run_resumes_exactly_evaluates_and_warm_starts(tmp_path, script):
     """VisualDotReacher-v0 from images: killed after an episode-boundary checkpoint and resumed, the run ends as the
@@ -358,7 +359,6 @@ def test_a_mujoco_env_renders_the_same_frames_beside_another_made_closed_or_drop
     np.testing.assert_array_equal(frames(make()), reference)
 
 
-@pytest.mark.long
 def test_avg_learns_visual_dot_reacher_from_pixels(tmp_path):
     """Measured (compiled, defaults, seed 1; docs/results.md, Learning from pixels): the episodes ending in steps
     12k-16k average -64.5; random actions -102.6 (100 episodes), and the run stays near that for its first 10k

@@ -23,7 +23,6 @@ def returns(run_dir):
     return np.array([value for _, value in scalars(run_dir)["charts/episodic_return"]])
 
 
-@pytest.mark.long
 def test_avg_learns_the_simulated_ur5_reacher_and_the_saved_policy_carries_on(tmp_path):
     """Learns; scripts/evaluate.py scores the saved policy far above random; --init-from starts a new run there.
     Measured (seeds 1-3, this budget): evaluate.py's mean over 20 deterministic episodes 195, 128, 226 (random

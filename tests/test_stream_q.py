@@ -190,7 +190,6 @@ def test_a_continuous_action_space_points_to_stream_ac(tmp_path):
         "(for continuous actions: stream_ac.py, avg.py)"]
 
 
-@pytest.mark.long
 def test_stream_q_learns_cartpole(tmp_path):
     """Measured (40k steps, compiled, default settings): mean return of the episodes ending in steps 30k-40k, 467 and
     288 for seeds 1 and 2 (at 60k steps: 478 and 328); random actions score about 22."""
