@@ -78,10 +78,10 @@ def make_rendering(env_id, args, make):
         if camera is not None:
             kwargs["camera_id" if isinstance(camera, int) else "camera_name"] = camera
     else:
-        for flag, value in (("--render-camera", camera), ("--fast-render", args.fast_render or None)):
-            if value is not None:
-                raise RunError(f"{flag} applies to gymnasium's MuJoCo and DeepMind Control tasks; {env_id} renders "
-                               "its own view")
+        if camera is not None or args.fast_render:
+            flag = "--render-camera" if camera is not None else "--fast-render"
+            raise RunError(f"{flag} applies to gymnasium's MuJoCo and DeepMind Control tasks; {env_id} renders its "
+                           "own view")
         kwargs = {}
     if not os.environ.get("DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless: render off-screen
@@ -105,7 +105,7 @@ class RenderedImage(gym.ObservationWrapper):
 
     def __init__(self, env, size, env_id, fast=False):
         super().__init__(env)
-        self.size, self.env_id, self.fast = size, env_id, fast
+        self.size, self.env_id, self.fast, self._flags_set = size, env_id, fast, None
         frame = self._frame(first=True)
         self.observation_space = gym.spaces.Dict({"frame": gym.spaces.Box(0, 255, frame.shape, np.uint8),
                                                   "state": env.observation_space})
@@ -117,10 +117,11 @@ class RenderedImage(gym.ObservationWrapper):
         viewer = getattr(getattr(self.env.unwrapped, "mujoco_renderer", None), "viewer", None)
         if hasattr(viewer, "make_context_current"):
             viewer.make_context_current()
-            if self.fast:  # gymnasium takes no render flags: set them on its viewer, made at the first frame
-                import mujoco
+            if self.fast and self._flags_set is not viewer:  # gymnasium takes no render flags: set them once on
+                import mujoco                                    # its viewer, which it makes at the first frame
                 for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
                     viewer.scn.flags[flag] = 0
+                self._flags_set = viewer
             return viewer
 
     def close(self):

@@ -1,5 +1,6 @@
 """Shared helpers for the tests: running the algorithm scripts as a user would (subprocesses), reading their logs,
 and comparing learners."""
+import importlib
 import os
 import subprocess
 import sys
@@ -11,6 +12,14 @@ from incremental_utils.project import algorithm_scripts
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
+
+
+def script_module(name):
+    """scripts/<name>.py imported as the module `name`: scripts/ is not a package, and its tools import one another
+    by name (evaluate.py imports plot), so it goes on sys.path."""
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.insert(0, str(REPO / "scripts"))
+    return importlib.import_module(name)
 
 
 def script_env(**extra):

@@ -2,7 +2,6 @@
 nothing about training), scripts/evaluate.py on a run directory, a .model and a checkpoint of every script, on
 bad input, and on an (emulated) real Create 2 stopped with Ctrl-C; --init-from."""
 import contextlib
-import importlib.util
 import io
 import json
 import signal
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, env_for, run_script, scalars, script_env
+from helpers import REPO, env_for, run_script, scalars, script_env, script_module
 from robots import open_interface as oi
 from robots.create2_emulator import Create2Emulator
 from robots_helpers import wait_for
@@ -36,26 +35,18 @@ def evaluate(*args, cwd, timeout=300):
 def evaluate_here(*args, cwd):
     """scripts/evaluate.py's main() in this process, as a CompletedProcess: the same code without the 3-4 s a new
     process spends importing torch, for the tests that run it many times (the CLI itself is tested by `evaluate`)."""
-    global _evaluate_module
-    if _evaluate_module is None:
-        sys.path.insert(0, str(REPO / "scripts"))
-        spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-        _evaluate_module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_evaluate_module)
     stdout, stderr, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
     torch.set_num_threads(1)  # as in the scripts' processes
     try:
         with contextlib.chdir(cwd), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
-                code = _evaluate_module.main([str(a) for a in args])
+                code = script_module("evaluate").main([str(a) for a in args])
             except SystemExit as e:  # the argument parser's refusals
                 code = e.code
     finally:
         torch.set_num_threads(threads)
     return subprocess.CompletedProcess(["evaluate.py", *args], code, stdout.getvalue(), stderr.getvalue())
 
-
-_evaluate_module = None
 
 
 def evaluate_json(*args, cwd):

@@ -3,14 +3,12 @@ compiled measurement (the fallback made for real, with no working C++ compiler),
 not a row. The timing helper against hand-made step counters."""
 import json
 import signal
-import sys
 
 import pytest
 
-from helpers import REPO, start_script
+from helpers import script_module, start_script
 
-sys.path.insert(0, str(REPO / "scripts"))
-import bench  # noqa: E402
+bench = script_module("bench")
 
 NO_COMPILER = {"CXX": "/bin/false"}  # Inductor finds no working C++ compiler: compiling fails as it would without one
 

@@ -1,5 +1,4 @@
 """scripts/plot.py on event files of a real short avg.py run plus synthetic runs whose final means are known."""
-import importlib.util
 import json
 import math
 import subprocess
@@ -10,13 +9,12 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
+from helpers import script_module
+
 pytestmark = pytest.mark.xdist_group("plot")  # one worker: the module fixture is built once
 
 ROOT = Path(__file__).resolve().parent.parent
-# scripts/ is not a package; load plot.py by path rather than put scripts/ on sys.path for the whole session.
-_spec = importlib.util.spec_from_file_location("scripts_plot", ROOT / "scripts" / "plot.py")
-plot = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(plot)
+plot = script_module("plot")
 
 PLOT = [sys.executable, str(ROOT / "scripts" / "plot.py")]
 STEPS = np.arange(10, 1001, 10)

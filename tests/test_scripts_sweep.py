@@ -212,9 +212,9 @@ def test_recipe_small_and_slurm_dry_run(tmp_path):
 
 
 def test_every_exit_status_a_script_can_end_with_is_explained(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import sweep
+    from helpers import script_module
     from incremental_utils.errors import EXIT_CODES
+    sweep = script_module("sweep")
 
     log = tmp_path / "stdout.log"
     log.write_text("avg.py: robot error at step 12: lost the robot; resume with --resume runs/x\n")
