@@ -359,14 +359,24 @@ def test_a_mujoco_env_renders_the_same_frames_beside_another_made_closed_or_drop
     np.testing.assert_array_equal(frames(make()), reference)
 
 
-def test_avg_learns_visual_dot_reacher_from_pixels(tmp_path):
-    """Measured (compiled, defaults, seed 1; docs/results.md, Learning from pixels): the episodes ending in steps
-    12k-16k average -64.5; random actions -102.6 (100 episodes), and the run stays near that for its first 10k
-    steps."""
+LEARNING_RUNS = {"avg": 40_000, "stream_ac": 32_000}
+
+
+@pytest.mark.parametrize("name", PIXEL_SCRIPTS)
+def test_learns_visual_dot_reacher_from_pixels(name, tmp_path):
+    """Compiled, defaults, seed 1. Random actions score -105.3 (400 episodes) and the mean of any 40 of their
+    episodes stays between -101 and -109; a learner gets some 4k-step window (40 episodes) above -75 and does not
+    end back near random. Where the first such window comes differs by seed, and a compiled run's trajectory differs
+    by CPU (one seed: -64.5 over 12k-16k steps on one machine, -97.8 on another), so the bounds are set by every run
+    made, seeds 1-3 on two machines (docs/results.md, "Learning from pixels"): the best window -48.2 to -23.2, the
+    last -70.9 to -23.2 for AVG; -57.0 to -52.0 and -60.2 to -55.0 for Stream AC(lambda)."""
     from helpers import scalars
-    out = run_script("avg.py", "--env", "VisualDotReacher-v0", "--total-timesteps", 16_000, "--seed", 1,
+    steps = LEARNING_RUNS[name]
+    out = run_script(f"{name}.py", "--env", "VisualDotReacher-v0", "--total-timesteps", steps, "--seed", 1,
                      "--compile", "on", "--run-name", "learn", cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr
     returns = scalars(tmp_path / "runs" / "learn")["charts/episodic_return"]
-    late = np.mean([value for step, value in returns if step > 12_000])
-    assert late > -85, late
+    windows = [np.mean([value for step, value in returns if start < step <= start + 4000])
+               for start in range(0, steps, 4000)]
+    assert max(windows) > -75, windows
+    assert windows[-1] > -95, windows

@@ -257,8 +257,8 @@ def test_recipes_with_their_own_seeds_budgets_and_environments_per_variant(tmp_p
     assert code == 0, out
     commands = [ln for ln in out.splitlines() if "OMP_NUM_THREADS=1" in ln]
     runs = sorted(c.split("--run-name ")[1].split()[0] for c in commands)
-    assert runs == sorted([f"dm_control-reacher-easy-v0__{exp}__{seed}" for exp in ("avg", "avg-pixels", "stream_ac",
-                                                                                    "stream_ac-pixels") for seed in (1, 2)]
+    paired = ("avg", "avg-pixels", "stream_ac", "stream_ac-pixels", "stream_ac-repeat4")
+    assert runs == sorted([f"dm_control-reacher-easy-v0__{exp}__{seed}" for exp in paired for seed in (1, 2)]
                           + ["dm_control-reacher-easy-v0__avg-repeat4__1", "dm_control-reacher-easy-v0__avg-pixels-only__1"])
     assert all(("--pixels" in c) == ("-pixels" in c) and "--total-timesteps 100000 " in c for c in commands)
     assert all(("--no-proprio" in c) == ("pixels-only" in c) and ("--action-repeat 4" in c) == ("repeat4" in c)
