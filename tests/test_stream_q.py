@@ -192,7 +192,9 @@ def test_a_continuous_action_space_points_to_stream_ac(tmp_path):
 
 def test_stream_q_learns_cartpole(tmp_path):
     """Measured (40k steps, compiled, default settings): mean return of the episodes ending in steps 30k-40k, 467 and
-    288 for seeds 1 and 2 (at 60k steps: 478 and 328); random actions score about 22."""
+    288 for seeds 1 and 2 on the first machine (at 60k steps: 478 and 328); on the second (a different CPU, so other
+    trajectories), seeds 1-8: 424, 283, 447, 500, 500, 340, 166, 482. Random actions score about 22. The bound sits
+    well below the lowest seed, since a compiled run on another CPU is in effect another seed."""
     from helpers import start_script
 
     runs = [start_script("stream_q.py", "--env", "CartPole-v1", "--total-timesteps", 40_000, "--seed", seed,
@@ -202,4 +204,4 @@ def test_stream_q_learns_cartpole(tmp_path):
         assert run.returncode == 0, stderr
         returns = scalars(tmp_path / "runs" / f"cartpole_{seed}")["charts/episodic_return"]
         late = [value for step, value in returns if step > 30_000]
-        assert np.mean(late) > 150, (seed, np.mean(late))
+        assert np.mean(late) > 100, (seed, np.mean(late))
