@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tasks  # noqa: F401 (registers VisualDotReacher-v0)
-from helpers import assert_states_close, run_script
+from helpers import assert_states_close, run_script, scalars
 from incremental_utils import pixels
 from incremental_utils.compiling import CompiledUpdate, compile_update
 from incremental_utils.environments import make_env
@@ -253,7 +253,7 @@ def test_a_pixel_run_resumes_exactly_evaluates_and_warm_starts(tmp_path, script)
     same run left alone; --eval-every evaluates; evaluate.py runs its .model; --init-from starts a new run from it."""
     import signal
 
-    from helpers import REPO, kill_after_first_checkpoint, scalars, script_env
+    from helpers import REPO, kill_after_first_checkpoint, script_env
     common = ["--env", "VisualDotReacher-v0", "--total-timesteps", 400, "--seed", 3, "--compile", "off",
               "--save-model", "--augment", "shift", "--log-every", 100]
     whole = run_script(script, *common, "--run-name", "whole", "--eval-every", 200, "--eval-episodes", 2,
@@ -288,7 +288,6 @@ def test_dm_control_from_its_rendered_camera(tmp_path):
     action repeat 4 by default (the pixel benchmarks'), so the 1000-step time limit is 250 agent steps."""
     import json
 
-    from helpers import scalars
     out = run_script("avg.py", "--env", "dm_control/reacher-easy-v0", "--pixels", "--total-timesteps", 260,
                      "--compile", "off", "--save-model", "--run-name", "dmc", cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr
@@ -370,7 +369,6 @@ def test_learns_visual_dot_reacher_from_pixels(name, tmp_path):
     by CPU (one seed: -64.5 over 12k-16k steps on one machine, -97.8 on another), so the bounds are set by every run
     made, seeds 1-3 on two machines (docs/results.md, "Learning from pixels"): the best window -48.2 to -23.2, the
     last -70.9 to -23.2 for AVG; -57.0 to -52.0 and -60.2 to -55.0 for Stream AC(lambda)."""
-    from helpers import scalars
     steps = LEARNING_RUNS[name]
     out = run_script(f"{name}.py", "--env", "VisualDotReacher-v0", "--total-timesteps", steps, "--seed", 1,
                      "--compile", "on", "--run-name", "learn", cwd=tmp_path, timeout=900)

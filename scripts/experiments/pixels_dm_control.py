@@ -1,8 +1,8 @@
 """DeepMind Control from pixels: AVG and Stream AC(lambda) on dm_control/reacher-easy-v0 rendered by its camera
 (--pixels: 84x84, three frames, action repeat 4, the proprioception beside the image), beside the same task from
 its vector observation, 100k agent steps (400k environment steps from pixels), 2 seeds; and the vector with the pixel
-runs' action repeat (Stream AC 2 seeds, AVG 1) and AVG from the image without the vector (1 seed). docs/results.md ("Learning from
-pixels") has the results.
+runs' action repeat (Stream AC 2 seeds, AVG 1) and AVG from the image without the vector (1 seed). docs/results.md
+("Learning from pixels") has the results.
 
     python scripts/experiments/pixels_dm_control.py --jobs 2      # rendering costs 12-14 ms a frame on a CPU
     python scripts/experiments/pixels_dm_control.py --envs dm_control/finger-spin-v0 --dry-run
