@@ -10,7 +10,8 @@ mean episodic return against environment steps with a 95% confidence band across
 as PNG and PDF. Each run is interpolated onto a common step grid within the steps it covers; where fewer runs than
 the group's total cover a step (runs still in progress, or of different lengths), the curve is drawn dotted. Prints
 a Markdown table of final performance per group (--final-steps adds the mean over a run's last N steps, the paper's
-measure; --per-seed the score of every run). Runs still being written are read as far as they go.
+measure; --per-seed the score of every run; --segments each run's episodes per stretch of steps). Runs still being
+written are read as far as they go.
 """
 import argparse
 import gzip
@@ -319,6 +320,28 @@ def per_seed_table(groups, fraction=0.1, final_steps=None):
     return "\n".join(lines)
 
 
+def segment_table(groups, size, above=None):
+    """Each run's episodes per segment of `size` steps, k * size < step <= (k + 1) * size: how many ended there,
+    their mean return and, with `above`, the share of them whose return is above it ('-' where none ended)."""
+    count = max(1, math.ceil(max(r.steps[-1] for runs in groups.values() for r in runs) / size))
+    heads = [f"{steps_text(k * size)}-{steps_text((k + 1) * size)}" for k in range(count)]
+    measures = ["episodes", "mean return"] + ([f"share above {above:g}"] if above is not None else [])
+    lines = ["| environment | experiment | seed | measure | " + " | ".join(heads) + " |",
+             "|---|---|---|---|" + "---|" * count]
+    for (env, exp_name), runs in groups.items():
+        for run in runs:
+            segment = np.ceil(run.steps / size).astype(int) - 1  # step k * size ends segment k - 1
+            cells = {m: [] for m in measures}
+            for k in range(count):
+                returns = run.returns[segment == k]
+                cells["episodes"].append(str(len(returns)))
+                cells["mean return"].append(f"{returns.mean():.0f}" if len(returns) else "-")
+                if above is not None:
+                    cells[measures[2]].append(f"{(returns > above).mean():.2f}" if len(returns) else "-")
+            lines += [f"| {env} | {exp_name} | {run.seed} | {m} | " + " | ".join(cells[m]) + " |" for m in measures]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------------ figure
 def draw(groups, out, points=200, window=1, formats=("png", "pdf"), title=None, ylabel="episodic return"):
     import matplotlib
@@ -407,7 +430,11 @@ def main(argv=None):
     parser.add_argument("--final-steps", type=int,
                         help="also score each run by its mean return over the last N steps (the paper: 10000)")
     parser.add_argument("--per-seed", action="store_true", help="also print every run's scores")
-    parser.add_argument("--table", help="also write the Markdown table (and the per-seed one) to this file")
+    parser.add_argument("--segments", type=int, metavar="STEPS",
+                        help="also tabulate each run's episodes per segment of STEPS steps: count and mean return")
+    parser.add_argument("--above", type=float, metavar="RETURN",
+                        help="with --segments, also the share of each segment's episodes whose return is above this")
+    parser.add_argument("--table", help="also write the Markdown tables (final, per-seed, segments) to this file")
     parser.add_argument("--export-episodes", metavar="DIR",
                         help="write each run's episodes to DIR/ENV__EXP__SEED.csv.gz (global step, return, length)")
     parser.add_argument("--title", help="figure title")
@@ -415,6 +442,8 @@ def main(argv=None):
         args = parser.parse_args(argv)
         if args.points < 2 or args.smooth < 1 or not 0 < args.final_fraction <= 1 or (args.final_steps or 1) < 1:
             raise PlotError("--points must be >= 2, --smooth >= 1, --final-steps >= 1 and 0 < --final-fraction <= 1")
+        if (args.segments or 1) < 1 or (args.above is not None and not args.segments):
+            raise PlotError("--segments must be >= 1, and --above needs --segments")
         runs = load_runs(args.paths, args.tag, args.envs, args.exp_names)
         if not runs:
             raise PlotError(f"no runs with {args.tag} under {', '.join(args.paths)}"
@@ -430,6 +459,8 @@ def main(argv=None):
         table = markdown_table(groups, args.final_fraction, args.final_steps)
         if args.per_seed:
             table += "\n\n" + per_seed_table(groups, args.final_fraction, args.final_steps)
+        if args.segments:
+            table += "\n\n" + segment_table(groups, args.segments, args.above)
         if args.export_episodes:
             folder = Path(args.export_episodes)
             folder.mkdir(parents=True, exist_ok=True)

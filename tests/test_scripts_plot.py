@@ -136,6 +136,7 @@ def test_filters_and_bad_input(runs, tmp_path):
     for args, message in [(["nowhere"], "nowhere does not exist"),
                           (["synth", "--exp-names", "zzz"], "no runs with charts/episodic_return"),
                           (["synth", "--points", "1"], "--points must be >= 2"),
+                          (["synth", "--above", "5"], "--above needs --segments"),
                           ([], "required: paths")]:
         result = subprocess.run([*PLOT, *args, "--out", str(tmp_path / "g")], cwd=runs, capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr, result.stderr
@@ -171,3 +172,23 @@ def test_final_steps_and_per_seed_scores(runs):
     table = plot.markdown_table(groups, 0.1, 100) + "\n" + plot.per_seed_table(groups, 0.1, 100)
     assert "| Synth-v0 | a | 3 | 39.1 |" in table and "last 100 steps" in table
     assert "| Synth-v0 | a | 1 | 29.1 | 29.1 | 100 | 1k |" in table
+
+
+def test_segment_table_counts_and_averages_the_episodes_ending_in_each_segment(runs):
+    """Group a's runs (return c + step / 50, an episode every 10 steps), in segments of 300 steps: (0, 300], (300, 600],
+    (600, 900], (900, 1200], the last one holding only steps 910-1000. Each cell against numpy on the same arrays; group
+    b's unfinished run (to step 500) has no episode in the last two segments."""
+    groups = plot.group_runs(plot.load_runs([runs / "synth"], envs=["Synth-v0"]))
+    table = plot.segment_table(groups, 300, above=35).splitlines()
+    assert table[0] == "| environment | experiment | seed | measure | 0-300 | 300-600 | 600-900 | 900-1.2k |"
+    rows = {tuple(c.strip() for c in line.split("|")[2:5]): [c.strip() for c in line.split("|")[5:-1]]
+            for line in table[2:]}
+    for seed, c in enumerate((10, 20, 30), 1):
+        returns = c + STEPS / 50.0
+        bins = [(STEPS > lo) & (STEPS <= lo + 300) for lo in (0, 300, 600, 900)]
+        assert rows[("a", str(seed), "episodes")] == [str(b.sum()) for b in bins] == ["30", "30", "30", "10"]
+        assert rows[("a", str(seed), "mean return")] == [f"{returns[b].mean():.0f}" for b in bins]
+        assert rows[("a", str(seed), "share above 35")] == [f"{(returns[b] > 35).mean():.2f}" for b in bins]
+    assert rows[("a", "2", "share above 35")] == ["0.00", "0.00", "0.50", "1.00"]  # 20 + step / 50 > 35: step > 750
+    assert rows[("b", "2", "episodes")] == ["30", "20", "0", "0"]
+    assert rows[("b", "2", "mean return")][2:] == ["-", "-"]

@@ -2,7 +2,8 @@
 TD3-1 (1 seed each) for 10M steps, every script with its published or default hyperparameters, and batch SAC (1M
 buffer, batch 256) for 1M steps as the reference line. Checkpoints every 500k steps, so a stopped sweep resumes.
 The figure and table score each run by its mean return over the last 10k steps (the AVG paper's measure) and over
-the last 10% of its steps; docs/results.md ("Hopper-v4 at the paper's budget") has the results.
+the last 10% of its steps, and a table gives each run's episodes per million steps (how many, their mean return, the
+share above 2500); docs/results.md ("Hopper-v4 at the paper's budget") has the results.
 
     python scripts/experiments/hopper_10m.py --jobs 1         # one run at a time (hours each on one core)
     python scripts/experiments/hopper_10m.py --dry-run        # the exact commands
@@ -31,4 +32,4 @@ PAPER = {"budget": 10_000_000, "num_seeds": 5, "envs": ["Hopper-v4"]}
 if __name__ == "__main__":
     sys.exit(recipe.main("hopper_10m", "Hopper-v4 at the paper's budget", variants, paper=PAPER,
                          small={"budget": 50_000, "num_seeds": 5, "envs": ["Hopper-v4"]},
-                         plot_args=("--final-steps", "10000", "--per-seed")))
+                         plot_args=("--final-steps", "10000", "--per-seed", "--segments", "1000000", "--above", "2500")))
