@@ -137,6 +137,8 @@ def check_args(args, positive=(), ranges=None):
         value = getattr(args, name)
         if value is not None and not good(value):
             raise RunError(f"--{name.replace('_', '-')} is out of range: {value}")
+    if not 0 <= args.seed < 2**31:  # numpy and the environments take 32-bit seeds; evaluation adds an offset
+        raise RunError(f"--seed must be between 0 and 2**31 - 1, got {args.seed}")
     if args.eval_every and (args.robot_host or args.robot_port or getattr(args, "camera", None)):
         raise RunError("--eval-every needs a second environment, and one robot cannot run two episodes at once; "
                        "evaluate a saved policy on the robot with scripts/evaluate.py")

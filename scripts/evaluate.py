@@ -59,6 +59,8 @@ def parse(argv):
     args = parser.parse_args(argv)
     if args.episodes <= 0:
         parser.error(f"--episodes must be positive, got {args.episodes}")
+    if not 0 <= args.seed <= 2**32 - args.episodes:  # episode i resets with SEED + i, and reset() takes 32-bit seeds
+        parser.error(f"--seed must be between 0 and 2**32 - {args.episodes} (the number of episodes), got {args.seed}")
     return args
 
 

@@ -118,7 +118,8 @@ def test_evaluate_refuses_bad_input_in_one_line(tmp_path):
              (["foreign.pt"], "is not a model, checkpoint or run directory of this project"),
              ([model, "--env", "Pendulum-v1"], "was trained with observations of shape (3,) and actions Box(-1.0, 1.0, (2,)"),
              ([model, "--env", "NoSuchEnv-v0"], "cannot make environment 'NoSuchEnv-v0'"),
-             ([model, "--episodes", "0"], "--episodes must be positive")]
+             ([model, "--episodes", "0"], "--episodes must be positive"),
+             ([model, "--seed", "-1"], "--seed must be between 0 and 2**32 - 10 (the number of episodes), got -1")]
     for i, (args, message) in enumerate(cases):
         out = (evaluate if i == 0 else evaluate_here)(*args, cwd=tmp_path)  # one through the command line
         assert out.returncode == 2, (args, out.stderr)

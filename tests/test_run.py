@@ -110,6 +110,8 @@ def test_flags_given_names_fields_and_no_flags():
                                              ({"log_every": -1}, "--log-every must be positive"),
                                              ({"keep_checkpoints": 0}, "--keep-checkpoints must be positive"),
                                              ({"checkpoint_every": -5}, "--checkpoint-every is out of range: -5"),
+                                             ({"seed": -1}, "--seed must be between 0 and 2**31 - 1, got -1"),
+                                             ({"seed": 2**31}, "--seed must be between 0 and 2**31 - 1, got 2147483648"),
                                              ({"lr": 0.0}, "--lr must be positive, got 0.0"),
                                              ({"lr": 2.0}, "--lr is out of range: 2.0")])
 def test_check_args_gives_one_line_per_bad_flag(fields, message):
