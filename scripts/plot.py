@@ -440,9 +440,11 @@ def main(argv=None):
     parser.add_argument("--title", help="figure title")
     try:
         args = parser.parse_args(argv)
-        if args.points < 2 or args.smooth < 1 or not 0 < args.final_fraction <= 1 or (args.final_steps or 1) < 1:
+        # `is not None`: a 0 given on the command line is refused, not taken for the option left out
+        if (args.points < 2 or args.smooth < 1 or not 0 < args.final_fraction <= 1
+                or (args.final_steps is not None and args.final_steps < 1)):
             raise PlotError("--points must be >= 2, --smooth >= 1, --final-steps >= 1 and 0 < --final-fraction <= 1")
-        if (args.segments or 1) < 1 or (args.above is not None and not args.segments):
+        if (args.segments is not None and args.segments < 1) or (args.above is not None and args.segments is None):
             raise PlotError("--segments must be >= 1, and --above needs --segments")
         runs = load_runs(args.paths, args.tag, args.envs, args.exp_names)
         if not runs:

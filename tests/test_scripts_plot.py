@@ -137,6 +137,8 @@ def test_filters_and_bad_input(runs, tmp_path):
                           (["synth", "--exp-names", "zzz"], "no runs with charts/episodic_return"),
                           (["synth", "--points", "1"], "--points must be >= 2"),
                           (["synth", "--above", "5"], "--above needs --segments"),
+                          (["synth", "--segments", "0"], "--segments must be >= 1"),
+                          (["synth", "--final-steps", "0"], "--final-steps >= 1"),
                           ([], "required: paths")]:
         result = subprocess.run([*PLOT, *args, "--out", str(tmp_path / "g")], cwd=runs, capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr, result.stderr
