@@ -112,6 +112,10 @@ def test_flags_given_names_fields_and_no_flags():
                                              ({"checkpoint_every": -5}, "--checkpoint-every is out of range: -5"),
                                              ({"seed": -1}, "--seed must be between 0 and 2**31 - 1, got -1"),
                                              ({"seed": 2**31}, "--seed must be between 0 and 2**31 - 1, got 2147483648"),
+                                             ({"run_name": "../elsewhere"}, "--run-name must name a directory "
+                                                                           "inside runs/, got '../elsewhere'"),
+                                             ({"run_name": "/tmp/x"}, "--run-name must name a directory inside"),
+                                             ({"run_name": " "}, "--run-name must name a directory inside"),
                                              ({"lr": 0.0}, "--lr must be positive, got 0.0"),
                                              ({"lr": 2.0}, "--lr is out of range: 2.0")])
 def test_check_args_gives_one_line_per_bad_flag(fields, message):
