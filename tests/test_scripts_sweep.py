@@ -244,6 +244,8 @@ def test_recipes_with_their_own_seeds_budgets_and_environments_per_variant(tmp_p
                                                             "stream_ac": 3, "sac-batch": 1}
     assert all("--total-timesteps 10000000 " in c for c in commands if "sac-batch" not in c)
     assert "--total-timesteps 1000000 --buffer-size 1000000" in per_exp["sac-batch"][0]
+    assert all("--checkpoint-every 500000 " in c for name in per_exp if name != "sac-batch" for c in per_exp[name])
+    assert "--checkpoint-every 100000 " in per_exp["sac-batch"][0]
     code, out = run([sys.executable, str(EXPERIMENTS / "pixels_dot_reacher.py"), "--dry-run"], tmp_path)
     assert code == 0, out
     commands = [ln for ln in out.splitlines() if "OMP_NUM_THREADS=1" in ln]
