@@ -343,7 +343,21 @@ def segment_table(groups, size, above=None):
 
 
 # ------------------------------------------------------------------------------------------------------ figure
-def draw(groups, out, points=200, window=1, formats=("png", "pdf"), title=None, ylabel="episodic return"):
+def reference_lines(groups, names, fraction=0.1):
+    """For each group of an experiment in `names`: its final return (as in the table) as a level that runs on from
+    where the group's runs end to where its panel's longest run ends, so a shorter reference run (batch SAC at 1M
+    steps beside 10M-step runs) can be read against the others' ends. {(env, exp): (from_step, to_step, level)}"""
+    lines = {}
+    for (env, exp_name), runs in groups.items():
+        if exp_name in names:
+            last = max(r.steps[-1] for (e, _), members in groups.items() if e == env for r in members)
+            final = final_performance(runs, fraction)
+            lines[env, exp_name] = (final["window"][1], last, final["mean"])
+    return lines
+
+
+def draw(groups, out, points=200, window=1, formats=("png", "pdf"), title=None, ylabel="episodic return",
+         references=(), fraction=0.1):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -354,6 +368,7 @@ def draw(groups, out, points=200, window=1, formats=("png", "pdf"), title=None, 
     exp_names = list(dict.fromkeys(exp for _, exp in groups))
     colors = {exp: plt.get_cmap("tab10" if len(exp_names) <= 10 else "tab20")(i % 20)
               for i, exp in enumerate(exp_names)}
+    levels = reference_lines(groups, references, fraction)
     cols = min(3, len(envs))
     rows = math.ceil(len(envs) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
@@ -368,6 +383,9 @@ def draw(groups, out, points=200, window=1, formats=("png", "pdf"), title=None, 
             ax.plot(grid, mean, color=color, lw=1.2, ls=":")
             ax.plot(grid, np.where(n == len(runs), mean, np.nan), color=color, lw=1.6)
             ax.fill_between(grid, mean - half, mean + half, where=np.isfinite(half), color=color, alpha=0.2, lw=0)
+            if (env, exp_name) in levels:
+                start, end, level = levels[env, exp_name]
+                ax.hlines(level, start, end, color=color, lw=1.2, ls="--")
             means.append(mean)
             bands += [mean - half, mean + half]
         fit_axis_to_curves(ax, np.concatenate(means), np.concatenate(bands))
@@ -383,7 +401,8 @@ def draw(groups, out, points=200, window=1, formats=("png", "pdf"), title=None, 
     for exp_name in exp_names:
         sizes = sorted({len(runs) for (_, e), runs in groups.items() if e == exp_name})
         handles.append(Line2D([], [], color=colors[exp_name], lw=1.6))
-        labels.append(f"{exp_name} (n={sizes[0]}" + (f"-{sizes[-1]})" if len(sizes) > 1 else ")"))
+        labels.append(f"{exp_name} (n={sizes[0]}" + (f"-{sizes[-1]})" if len(sizes) > 1 else ")")
+                      + (", dashed: its final return" if exp_name in references else ""))
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title)
@@ -438,6 +457,9 @@ def main(argv=None):
     parser.add_argument("--export-episodes", metavar="DIR",
                         help="write each run's episodes to DIR/ENV__EXP__SEED.csv.gz (global step, return, length)")
     parser.add_argument("--title", help="figure title")
+    parser.add_argument("--reference", nargs="+", default=[], metavar="EXP",
+                        help="draw these experiments' final returns on, dashed, to the end of the longest run "
+                             "(a shorter reference run, e.g. batch SAC)")
     try:
         args = parser.parse_args(argv)
         # `is not None`: a 0 given on the command line is refused, not taken for the option left out
@@ -451,13 +473,17 @@ def main(argv=None):
             raise PlotError(f"no runs with {args.tag} under {', '.join(args.paths)}"
                             + (" (after the --envs/--exp-names filters)" if args.envs or args.exp_names else ""))
         groups = group_runs(runs, args.exp_names)
+        missing = sorted(set(args.reference) - {exp for _, exp in groups})
+        if missing:
+            raise PlotError(f"--reference {missing[0]}: no such experiment among the runs")
         for (env, exp_name), members in groups.items():
             seeds = [r.seed for r in members]
             if len(set(map(str, seeds))) < len(seeds):
                 print(f"plot.py: warning: {env} / {exp_name} has the same seed in several runs: "
                       + ", ".join(str(r.path) for r in members), file=sys.stderr)
         ylabel = "episodic return" if args.tag == TAG else args.tag
-        written = draw(groups, args.out, args.points, args.smooth, args.formats, args.title, ylabel)
+        written = draw(groups, args.out, args.points, args.smooth, args.formats, args.title, ylabel,
+                       args.reference, args.final_fraction)
         table = markdown_table(groups, args.final_fraction, args.final_steps)
         if args.per_seed:
             table += "\n\n" + per_seed_table(groups, args.final_fraction, args.final_steps)

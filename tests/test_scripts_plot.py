@@ -97,6 +97,15 @@ def test_final_performance_and_curves_match_known_values(runs):
     assert np.allclose(mean[grid > 500], 100) and np.isnan(half[grid > 500]).all()
 
 
+def test_a_reference_line_runs_from_its_groups_end_to_its_panels_end_at_its_final_return(runs):
+    groups = plot.group_runs(plot.load_runs([runs / "synth"], log=open("/dev/null", "w")))
+    # Group b's runs reach step 500 together, its final return is 290 (the table's), and group a's runs on the same
+    # panel go on to step 1000; group c is alone on its panel.
+    assert plot.reference_lines(groups, ["b", "c"]) == {("Synth-v0", "b"): (500, 1000, pytest.approx(290.0)),
+                                                        ("Other-v0", "c"): (1000, 1000, pytest.approx(-5.0))}
+    assert plot.reference_lines(groups, []) == {}
+
+
 def test_cli_draws_figure_and_table_from_real_and_synthetic_runs(runs):
     out = runs / "figures" / "all"
     result = subprocess.run([*PLOT, "runs/real", "synth", "--out", str(out), "--table", str(runs / "table.md")],
@@ -138,6 +147,7 @@ def test_filters_and_bad_input(runs, tmp_path):
                           (["synth", "--points", "1"], "--points must be >= 2"),
                           (["synth", "--above", "5"], "--above needs --segments"),
                           (["synth", "--segments", "0"], "--segments must be >= 1"),
+                          (["synth", "--reference", "zzz"], "--reference zzz: no such experiment among the runs"),
                           (["synth", "--final-steps", "0"], "--final-steps >= 1"),
                           ([], "required: paths")]:
         result = subprocess.run([*PLOT, *args, "--out", str(tmp_path / "g")], cwd=runs, capture_output=True, text=True)

@@ -35,4 +35,4 @@ if __name__ == "__main__":
     sys.exit(recipe.main("hopper_10m", "Hopper-v4 at the paper's budget", variants, paper=PAPER,
                          small={"budget": 50_000, "num_seeds": 5, "envs": ["Hopper-v4"]},
                          plot_args=("--final-steps", "10000", "--per-seed",
-                                    "--segments", "1000000", "--above", "2500")))
+                                    "--segments", "1000000", "--above", "2500", "--reference", "sac-batch")))
