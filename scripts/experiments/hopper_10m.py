@@ -14,9 +14,9 @@ import sys
 
 import recipe
 
-COMMON = ("--compile", "on", "--checkpoint-every", "500000")
+COMPILE = ("--compile", "on")
+COMMON = (*COMPILE, "--checkpoint-every", "500000")
 BATCH = ("--buffer-size", "1000000", "--batch-size", "256", "--learning-starts", "5000")
-BATCH_COMMON = ("--compile", "on", "--checkpoint-every", "100000")
 
 
 def variants(args):
@@ -26,7 +26,8 @@ def variants(args):
             ("sac-1", "sac_incremental", (*recipe.INCREMENTAL, *recipe.PLAIN, *COMMON), {"seeds": 1}),
             ("td3-1", "td3_incremental", (*recipe.INCREMENTAL, *recipe.PLAIN, *COMMON), {"seeds": 1}),
             ("stream_ac", "stream_ac", COMMON, {"seeds": 3}),
-            ("sac-batch", "sac_incremental", (*BATCH, *recipe.PLAIN, *BATCH_COMMON), {"seeds": 1, "budget": batch_budget})]
+            ("sac-batch", "sac_incremental", (*BATCH, *recipe.PLAIN, *COMPILE, "--checkpoint-every", "100000"),
+             {"seeds": 1, "budget": batch_budget})]
 
 
 PAPER = {"budget": 10_000_000, "num_seeds": 5, "envs": ["Hopper-v4"]}
