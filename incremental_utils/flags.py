@@ -139,8 +139,8 @@ def check_args(args, positive=(), ranges=None):
             raise RunError(f"--{name.replace('_', '-')} is out of range: {value}")
     if not 0 <= args.seed < 2**31:  # numpy and the environments take 32-bit seeds; evaluation adds an offset
         raise RunError(f"--seed must be between 0 and 2**31 - 1, got {args.seed}")
-    if args.run_name is not None and (not args.run_name.strip() or Path(args.run_name).is_absolute()
-                                      or ".." in Path(args.run_name).parts):
+    name = Path(args.run_name or ".")
+    if args.run_name is not None and (not args.run_name.strip() or name.is_absolute() or ".." in name.parts):
         raise RunError(f"--run-name must name a directory inside runs/, got {args.run_name!r}")
     if args.eval_every and (args.robot_host or args.robot_port or getattr(args, "camera", None)):
         raise RunError("--eval-every needs a second environment, and one robot cannot run two episodes at once; "
