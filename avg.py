@@ -20,11 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from incremental_utils.errors import one_line_errors
-from incremental_utils.environments import zero_observation
 from incremental_utils.flags import PixelArgs, RunArgs, check_args, flags_given, parse, resume_args
-from incremental_utils.pixels import Observation, as_observation
+from incremental_utils.gradients import all_finite, grad_and_aux
+from incremental_utils.metrics import MetricSums
+from incremental_utils.observations import Observation, as_observation, zero_observation
+from incremental_utils.optimizers import Adam
 from incremental_utils.run import Run
-from incremental_utils.updates import Adam, MetricSums, all_finite, grad_and_aux
 
 ALGO = "avg"
 
@@ -83,7 +84,7 @@ def resolve_hyperparams(args):
     for name, value in zip(names, paper):
         if getattr(args, name) is None:
             setattr(args, name, value)
-    return "paper values for " + base if base in HYPERPARAMS else "defaults (the paper's Ant/HalfCheetah values)"
+    return "paper values for " + base if base in HYPERPARAMS else "the paper's Ant/HalfCheetah values, as defaults"
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -324,17 +325,25 @@ class AVG(nn.Module):
         return self.act(obs, noise)[0]
 
     def losses(self, params, obs, noise, next_obs, next_noise, reward, discount, sigma):
+        """The paper's two losses (algorithms.md 1), summed for one backward pass: each reads the other network only
+        detached, so autograd gives each network the gradient of its own loss alone."""
         actor_params, critic_params = params
+        #### Actor loss: eta log pi(A_theta|S) - Q(S, A_theta), the gradient reaching the actor through the action.
+        # N.B. the critic's parameters are detached: this loss must not change the critic.
         action, log_prob = torch.func.functional_call(self.actor, actor_params, (obs, noise, self.augment))
-        q = torch.func.functional_call(self.critic, critic_params, (obs, action, self.augment))
+        frozen_critic = {name: p.detach() for name, p in critic_params.items()}
+        actor_loss = self.eta * log_prob - torch.func.functional_call(self.critic, frozen_critic,
+                                                                      (obs, action, self.augment))
+        #### Critic loss: delta^2, the TD error with A' ~ pi(.|S') drawn without gradient, scaled by sigma_delta.
+        # N.B. A is detached: this loss must not change the actor.
+        q = torch.func.functional_call(self.critic, critic_params, (obs, action.detach(), self.augment))
         with torch.no_grad():
             next_action, next_log_prob = self.actor(next_obs, next_noise)
             next_q = (self.target if self.target is not None else self.critic)(next_obs, next_action)
-            delta = (reward + discount * (next_q - self.eta * next_log_prob) - q) / sigma
-        # One backward pass serves both networks: the actor's gradient comes from this loss, and since
-        # d(delta^2)/dphi = -(2 delta / sigma) dQ/dphi, the critic's is its phi-gradient times 2 delta / sigma.
-        actor_loss = self.eta * log_prob - q
-        return actor_loss, (delta, actor_loss.detach(), log_prob.detach(), q.detach())
+            target = reward + discount * (next_q - self.eta * next_log_prob)
+        delta = (target - q) / sigma
+        critic_loss = delta.square()
+        return actor_loss + critic_loss, (delta.detach(), actor_loss.detach(), log_prob.detach(), q.detach())
 
     def acting(self, obs, noise, ok=True):
         """A ~ pi(.|S) from the noise, as an Acting."""
@@ -352,7 +361,6 @@ class AVG(nn.Module):
         (actor_grads, critic_grads), (delta, actor_loss, policy_log_prob, q) = grad_and_aux(
             self.losses, (actor_params, critic_params), s.obs, s.noise, next_obs, s.noises[0], s.reward, discount,
             sigma)
-        critic_grads = {k: g * (2 * delta / sigma) for k, g in critic_grads.items()}
         ok = all_finite(delta + actor_loss, actor_grads, critic_grads)
         self.actor_opt.step(actor_params, actor_grads, ok)
         self.critic_opt.step(critic_params, critic_grads, ok)
@@ -368,7 +376,7 @@ def make_learner(env, args):
     """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
     space, low, high = env.observation_space, env.action_space.low.astype(np.float64), \
         env.action_space.high.astype(np.float64)
-    if isinstance(space, gym.spaces.Dict):  # images: {"image", "proprio"} (incremental_utils/pixels.py)
+    if isinstance(space, gym.spaces.Dict):  # images: {"image", "proprio"} (incremental_utils/image_envs.py)
         return AVG(space["proprio"].shape[0], low, high, args, image_shape=space["image"].shape)
     return AVG(space.shape[0], low, high, args)
 
@@ -385,8 +393,8 @@ def main(args, given=frozenset()):
     check_args(args, positive=("hidden_size", "actor_lr", "critic_lr"),
                ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1,
                        "entropy_coef": lambda e: e >= 0, "target_tau": lambda t: 0 <= t <= 1})
-    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
-    env = run.make_env(finite_action_bounds=True, pixels=True)  # its step() counts steps, checks rewards and states
+    run = Run(ALGO, args, checkpoint)  # seeding; the run directory once start() has accepted the environment
+    env = run.make_env(finite_action_bounds=True, images=("camera",))
     agent = make_learner(env, args)
     blank, act_dim = zero_observation(env.observation_space), env.action_space.shape[0]
     hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "beta1", "entropy_coef", "gamma")}
@@ -406,9 +414,12 @@ def main(args, given=frozenset()):
         now = reset() if run.running() else None  # Ctrl-C while connecting or compiling: the robot never moves
         while run.running():
             raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
+            seen = run.count_step(reward, raw_next_obs)  # the run's counters; False: a non-finite value, skipped
             # ALGO LOGIC: one AVG update on (S, A, R, S'), and A' from the updated actor
-            out = run.step(update, step_inputs(now, raw_next_obs, reward, terminated, run.noise_gen, agent.pad))
+            inputs = step_inputs(now, raw_next_obs, reward, terminated, run.noise_gen, agent.pad)
+            out = run.step(update, inputs) if seen else None
             # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            run.log_window()
             if run.episode_over(out, terminated, truncated):
                 agent.td_scaler.end_episode()
                 run.end_episode(info)  # and --eval-every, --checkpoint-every

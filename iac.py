@@ -35,8 +35,10 @@ import torch.nn.functional as F
 
 from incremental_utils.errors import one_line_errors
 from incremental_utils.flags import RunArgs, check_args, flags_given, parse, resume_args
+from incremental_utils.gradients import all_finite, grad_and_aux
+from incremental_utils.metrics import MetricSums
+from incremental_utils.optimizers import Adam
 from incremental_utils.run import Run
-from incremental_utils.updates import Adam, MetricSums, all_finite, grad_and_aux
 
 ALGO = "iac"
 
@@ -298,8 +300,8 @@ def main(args, given=frozenset()):
     args, checkpoint = resume_args(args, given, ALGO)
     check_args(args, positive=("hidden_size", "actor_lr", "critic_lr"),
                ranges={"beta1": lambda b: 0 <= b < 1, "gamma": lambda g: 0 <= g <= 1, "entropy_coef": lambda e: e >= 0})
-    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
-    env = run.make_env(finite_action_bounds=True)  # its step() counts steps and checks rewards and observations
+    run = Run(ALGO, args, checkpoint)  # seeding; the run directory once start() has accepted the environment
+    env = run.make_env(finite_action_bounds=True)
     agent = make_learner(env, args)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     variant = "IAC+" if args.obs_norm and args.feature_norm != "none" and args.scale_td else "IAC"
@@ -318,9 +320,12 @@ def main(args, given=frozenset()):
         now = reset() if run.running() else None  # Ctrl-C while connecting or compiling: the robot never moves
         while run.running():
             raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
+            seen = run.count_step(reward, raw_next_obs)  # the run's counters; False: a non-finite value, skipped
             # ALGO LOGIC: one IAC update on (S, A, R, S'), and the next action from the updated actor
-            out = run.step(update, step_inputs(now, raw_next_obs, reward, terminated, run.noise_gen))
+            inputs = step_inputs(now, raw_next_obs, reward, terminated, run.noise_gen)
+            out = run.step(update, inputs) if seen else None
             # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            run.log_window()
             if run.episode_over(out, terminated, truncated):
                 agent.td_scaler.end_episode()
                 run.end_episode(info)  # and --eval-every, --checkpoint-every

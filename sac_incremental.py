@@ -23,8 +23,11 @@ import torch.nn.functional as F
 
 from incremental_utils.errors import RunError, one_line_errors
 from incremental_utils.flags import RunArgs, check_args, flags_given, parse, resume_args
+from incremental_utils.gradients import all_finite, grad_and_aux
+from incremental_utils.metrics import MetricSums
+from incremental_utils.optimizers import Adam
+from incremental_utils.replay import ReplayBuffer
 from incremental_utils.run import Run
-from incremental_utils.updates import Adam, MetricSums, ReplayBuffer, all_finite, grad_and_aux
 
 ALGO = "sac_incremental"
 
@@ -253,10 +256,14 @@ class SAC(nn.Module):
     def explore(self, obs, noise, uniform, ok=True):
         """The behaviour policy, as an Acting: uniformly random actions (log-density -|A| log 2) until the buffer
         holds --learning-starts transitions, then pi's."""
-        if int(self.replay.added) < self.learning_starts:
+        if not self.learning():
             log_prob = torch.tensor(-uniform.shape[0] * math.log(2))
             return Acting(uniform, uniform * self.action_scale + self.action_offset, log_prob, obs, torch.tensor(ok))
         return Acting(*self.act(obs, noise), obs, torch.tensor(ok))
+
+    def learning(self):
+        """Whether updates have begun: --learning-starts transitions stored (the counter exploration reads too)."""
+        return int(self.replay.added) >= self.learning_starts
 
     @torch.no_grad()
     def evaluation_action(self, raw_obs, episode_step, generator=None):
@@ -290,6 +297,10 @@ class SAC(nn.Module):
         loss = (alpha * log_prob - torch.minimum(*self.critic(obs, action))).mean()
         return loss, (loss.detach(), log_prob.detach())
 
+    def temperature_loss(self, params, log_prob):
+        """-log alpha (log pi(A|S) + target entropy), with log pi held fixed (the actor loss's sample)."""
+        return -(params[0]["log_alpha"] * (log_prob + self.target_entropy)).mean(), None
+
     def forward(self, s: StepInputs):
         """Stores (S, A, R, S') and makes one SAC update on the stored transitions at s.indices (the latest one for
         SAC-1): critics first, then the actor against the updated critics, then the temperature, then the targets.
@@ -313,9 +324,9 @@ class SAC(nn.Module):
                                                                      s.noises[1], alpha)
         ok = ok & all_finite(actor_loss, actor_grads)
         self.actor_opt.step(actor_params, actor_grads, ok)
-        # the temperature loss -(log alpha * (log pi + target entropy)).mean(), differentiated by hand
-        alpha_grad = -(policy_log_prob + self.target_entropy).mean().reshape(1)
-        self.temperature_opt.step(dict(self.temperature.named_parameters()), {"log_alpha": alpha_grad}, ok)
+        temperature_params = dict(self.temperature.named_parameters())
+        (temperature_grads,), _ = grad_and_aux(self.temperature_loss, (temperature_params,), policy_log_prob)
+        self.temperature_opt.step(temperature_params, temperature_grads, ok)
         for target_param, param in zip(self.target.parameters(), critic_params.values()):
             target_param.copy_(torch.where(ok, target_param.lerp(param, self.tau), target_param))
         self.metrics.add(ok, {"losses/critic_loss": critic_loss, "losses/actor_loss": actor_loss, "losses/alpha": alpha,
@@ -343,8 +354,8 @@ def main(args, given=frozenset()):
                        "learning_starts": lambda n: n >= 0})
     if args.batch_size > args.buffer_size:
         raise RunError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
-    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
-    env = run.make_env(finite_action_bounds=True)  # its step() counts steps and checks rewards and observations
+    run = Run(ALGO, args, checkpoint)  # seeding; the run directory once start() has accepted the environment
+    env = run.make_env(finite_action_bounds=True)
     agent = make_learner(env, args)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     hyperparams = {k: getattr(args, k) for k in ("buffer_size", "batch_size", "learning_starts", "actor_lr",
@@ -367,11 +378,13 @@ def main(args, given=frozenset()):
         now = reset() if run.running() else None  # Ctrl-C while connecting or compiling: the robot never moves
         while run.running():
             raw_next_obs, reward, terminated, truncated, info = env.step(now.env_action.numpy())
-            # ALGO LOGIC: store (S, A, R, S') and, after --learning-starts, one SAC update; then the next action
+            seen = run.count_step(reward, raw_next_obs)  # the run's counters; False: a non-finite value, skipped
+            # ALGO LOGIC: store (S, A, R, S') and, once --learning-starts are stored, one SAC update; the next action
             inputs = step_inputs(now, raw_next_obs, reward, terminated, agent.replay, args.batch_size, run.noise_gen)
-            learning = run.global_step > args.learning_starts
-            out = run.step(update if learning else agent.store, inputs, timed=learning)
+            learning = agent.learning()
+            out = run.step(update if learning else agent.store, inputs, timed=learning) if seen else None
             # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            run.log_window()
             if run.episode_over(out, terminated, truncated):
                 agent.td_scaler.end_episode()
                 run.end_episode(info)  # and --eval-every, --checkpoint-every

@@ -30,11 +30,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from incremental_utils.errors import one_line_errors
-from incremental_utils.environments import zero_observation
 from incremental_utils.flags import PixelArgs, RunArgs, check_args, flags_given, parse, resume_args
-from incremental_utils.pixels import Observation, as_observation
+from incremental_utils.gradients import grad_and_aux
+from incremental_utils.metrics import MetricSums
+from incremental_utils.observations import Observation, as_observation, zero_observation
+from incremental_utils.optimizers import ObGD
 from incremental_utils.run import Run
-from incremental_utils.updates import MetricSums, ObGD, grad_and_aux
 
 ALGO = "stream_ac"
 
@@ -237,7 +238,6 @@ class StepInputs(NamedTuple):
     raw_next_obs: torch.Tensor  # S' as the environment gave it (float64; images: an Observation)
     reward: torch.Tensor        # R
     terminated: torch.Tensor    # 1.0 if S' ends the task, else 0.0; a time limit is not termination
-    next_t: torch.Tensor        # the time feature of S'
     noise: torch.Tensor         # draws the next action: N(0, I), or U(0, 1) for a categorical draw
 
 
@@ -249,10 +249,10 @@ class Acting(NamedTuple):
     ok: torch.Tensor      # false when the update that led here was not applied (a non-finite value)
 
 
-def step_inputs(now, raw_next_obs, reward, terminated, next_t, noise, generator=None, pad=0):
+def step_inputs(now, raw_next_obs, reward, terminated, noise, generator=None, pad=0):
     """One update's inputs from where the agent is (`now`) and what the environment returned."""
     return StepInputs(now.obs, now.sample, as_observation(raw_next_obs, pad, generator), torch.tensor(float(reward)),
-                      torch.tensor(float(terminated)), torch.tensor(float(next_t)), noise)
+                      torch.tensor(float(terminated)), noise)
 
 
 class StreamAC(nn.Module):
@@ -283,6 +283,7 @@ class StreamAC(nn.Module):
         self.eta, self.gamma = args.entropy_coef, args.gamma
         self.obs_norm, self.reward_scale = args.obs_norm, args.reward_scale
         self.time_limit = time_limit  # of the time feature, -0.5 + t / time_limit
+        self.register_buffer("episode_step", torch.zeros(1, dtype=torch.float64))  # t, the time feature's counter
         if not self.discrete:
             self.register_buffer("action_low", torch.as_tensor(act_low, dtype=torch.float32))
             self.register_buffer("action_high", torch.as_tensor(act_high, dtype=torch.float32))
@@ -352,7 +353,8 @@ class StreamAC(nn.Module):
     def forward(self, s: StepInputs):
         """One Stream AC(lambda) update on (S, A, R, S') (algorithms.md 6), then the next action from the updated
         actor. An update with a non-finite value is not applied (ok=False)."""
-        next_obs = self.observe(s.raw_next_obs, s.next_t)
+        self.episode_step += 1
+        next_obs = self.observe(s.raw_next_obs, self.episode_step / self.time_limit - 0.5)
         reward = self.reward_scaler(s.reward) if self.reward_scale else s.reward
         reward_std = (self.reward_scaler.stats.var() + 1e-8).sqrt().float().reshape(())  # 1 when not scaling
         discount = self.gamma * (1.0 - s.terminated)
@@ -374,7 +376,8 @@ class StreamAC(nn.Module):
         return Acting(*self.act(next_obs, s.noise), next_obs, ok)
 
     def end_episode(self):
-        """Traces and the return trace restart at every episode end (termination or truncation)."""
+        """Traces, the return trace and the time feature restart at every episode end (termination or truncation)."""
+        self.episode_step.zero_()
         self.actor_opt.end_episode()
         self.critic_opt.end_episode()
         self.reward_scaler.end_episode()
@@ -383,12 +386,12 @@ class StreamAC(nn.Module):
 def make_learner(env, args):
     """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
     time_limit = (env.spec.max_episode_steps if env.spec is not None else None) or 1000
-    time_limit = math.ceil(time_limit / (getattr(args, "action_repeat", None) or 1))  # in the agent's steps
+    time_limit = math.ceil(time_limit / (args.action_repeat or 1))  # in the agent's steps
     space, obs_space = env.action_space, env.observation_space
     if isinstance(space, gym.spaces.Discrete):
         return StreamAC(obs_space.shape, None, None, args, time_limit, int(space.n))
     low, high = space.low.astype(np.float64), space.high.astype(np.float64)
-    if isinstance(obs_space, gym.spaces.Dict):  # images: {"image", "proprio"} (incremental_utils/pixels.py)
+    if isinstance(obs_space, gym.spaces.Dict):  # images: {"image", "proprio"} (incremental_utils/image_envs.py)
         return StreamAC(obs_space["proprio"].shape, low, high, args, time_limit, image_shape=obs_space["image"].shape)
     return StreamAC(obs_space.shape, low, high, args, time_limit)
 
@@ -404,9 +407,9 @@ def main(args, given=frozenset()):
     check_args(args, positive=("hidden_size", "actor_lr", "critic_lr", "kappa_policy", "kappa_value"),
                ranges={"gamma": lambda g: 0 <= g <= 1, "trace_lambda": lambda l: 0 <= l <= 1, "entropy_coef": lambda e:
                        e >= 0, "sparsity": lambda s: 0 <= s < 1, "beta2": lambda b: 0 <= b < 1})
-    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
+    run = Run(ALGO, args, checkpoint)  # seeding; the run directory once start() has accepted the environment
     env = run.make_env(action_spaces=(gym.spaces.Box, gym.spaces.Discrete), finite_action_bounds=False,
-                       images=True, pixels=True)  # continuous actions are clipped, not squashed
+                       images=("frames", "camera"))  # continuous actions are clipped, not squashed
     agent = make_learner(env, args)
     blank, noise_shape = zero_observation(env.observation_space), () if agent.discrete else env.action_space.shape
 
@@ -419,7 +422,7 @@ def main(args, given=frozenset()):
         agent.end_episode()  # the partial episode at a mid-episode save is dropped
     first = agent.acting(agent.observe(as_observation(blank), torch.tensor(-0.5), learn=False),
                          torch.zeros(noise_shape))
-    update = run.compile(agent, step_inputs(first, blank, 0.0, False, 0.0, torch.zeros(noise_shape), None, agent.pad))
+    update = run.compile(agent, step_inputs(first, blank, 0.0, False, torch.zeros(noise_shape), None, agent.pad))
 
     def reset():
         obs = agent.observe(as_observation(run.reset_env(), agent.pad, run.noise_gen), torch.tensor(-0.5))
@@ -429,11 +432,12 @@ def main(args, given=frozenset()):
         now = reset() if run.running() else None  # Ctrl-C while connecting or compiling: the robot never moves
         while run.running():
             raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
+            seen = run.count_step(reward, raw_next_obs)  # the run's counters; False: a non-finite value, skipped
             # ALGO LOGIC: one Stream AC(lambda) update on (S, A, R, S'), and the next action from the updated actor
-            next_t = run.episode_length / agent.time_limit - 0.5
-            inputs = step_inputs(now, raw_next_obs, reward, terminated, next_t, draw_noise(), run.noise_gen, agent.pad)
-            out = run.step(update, inputs)
+            inputs = step_inputs(now, raw_next_obs, reward, terminated, draw_noise(), run.noise_gen, agent.pad)
+            out = run.step(update, inputs) if seen else None
             # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            run.log_window()
             if run.episode_over(out, terminated, truncated):
                 agent.end_episode()
                 run.end_episode(info)  # and --eval-every, --checkpoint-every

@@ -47,8 +47,10 @@ import torch.nn.functional as F
 
 from incremental_utils.errors import one_line_errors
 from incremental_utils.flags import RunArgs, check_args, flags_given, parse, resume_args
+from incremental_utils.gradients import grad_and_aux
+from incremental_utils.metrics import MetricSums
+from incremental_utils.optimizers import ObGD
 from incremental_utils.run import Run
-from incremental_utils.updates import MetricSums, ObGD, grad_and_aux
 
 ALGO = "stream_q"
 
@@ -217,7 +219,6 @@ class StepInputs(NamedTuple):
     raw_next_obs: torch.Tensor   # S' as the environment gave it (float64)
     reward: torch.Tensor         # R
     terminated: torch.Tensor     # 1.0 if S' ends the task, else 0.0; a time limit is not termination
-    next_t: torch.Tensor         # the time feature of S'
     coin: torch.Tensor           # U(0, 1): A' explores when coin < epsilon
     random_action: torch.Tensor  # A' when it explores
     epsilon: torch.Tensor        # the exploration rate for A'
@@ -231,10 +232,10 @@ class Acting(NamedTuple):
     ok: torch.Tensor      # false when the update that led here was not applied (a non-finite value)
 
 
-def step_inputs(now, raw_next_obs, reward, terminated, next_t, epsilon, n_actions, generator):
+def step_inputs(now, raw_next_obs, reward, terminated, epsilon, n_actions, generator):
     """One update's inputs from where the agent is (`now`) and what the environment returned."""
     return StepInputs(now.obs, now.action, now.greedy, torch.as_tensor(raw_next_obs, dtype=torch.float64),
-                      torch.tensor(float(reward)), torch.tensor(float(terminated)), torch.tensor(float(next_t)),
+                      torch.tensor(float(reward)), torch.tensor(float(terminated)),
                       torch.rand((), generator=generator), torch.randint(n_actions, (), generator=generator),
                       torch.tensor(float(epsilon)))
 
@@ -253,6 +254,7 @@ class StreamQ(nn.Module):
         self.reward_scaler = RewardScaler(args.gamma)
         self.gamma, self.sarsa, self.n_actions, self.time_limit = args.gamma, args.sarsa, n_actions, time_limit
         self.epsilon_end = args.epsilon_end
+        self.register_buffer("episode_step", torch.zeros(1, dtype=torch.float64))  # t, the time feature's counter
         self.obs_norm, self.reward_scale, self.time_feature = args.obs_norm, args.reward_scale, args.time_feature
         self.metrics = MetricSums("losses/td_loss", "losses/q_values", "charts/epsilon", "health/step_size",
                                   "health/trace_l1", "health/reward_std")
@@ -294,7 +296,8 @@ class StreamQ(nn.Module):
     def forward(self, s: StepInputs):
         """One update on (S, A, R, S') (algorithms.md 9), and the next action A' (it explores when s.coin <
         s.epsilon, as s.random_action). An update with a non-finite value is not applied (ok=False)."""
-        next_obs = self.observe(s.raw_next_obs, s.next_t)
+        self.episode_step += 1
+        next_obs = self.observe(s.raw_next_obs, self.episode_step / self.time_limit - 0.5)
         reward = self.reward_scaler(s.reward) if self.reward_scale else s.reward
         reward_std = (self.reward_scaler.stats.var() + 1e-8).sqrt().float().reshape(())  # 1 when not scaling
         params = dict(self.q_net.named_parameters())
@@ -320,7 +323,8 @@ class StreamQ(nn.Module):
         return Acting(next_action, next_greedy, next_obs, ok)
 
     def end_episode(self):
-        """The trace and the return trace restart at every episode end (termination or truncation)."""
+        """The trace, the return trace and the time feature restart at every episode end (termination or truncation)."""
+        self.episode_step.zero_()
         self.opt.end_episode()
         self.reward_scaler.end_episode()
 
@@ -344,8 +348,8 @@ def main(args, given=frozenset()):
     check_args(args, positive=("lr", "kappa", "hidden_size"),
                ranges={"gamma": unit, "trace_lambda": unit, "epsilon_start": unit, "epsilon_end": unit,
                        "exploration_fraction": unit, "sparsity": lambda s: 0 <= s < 1, "beta2": lambda b: 0 <= b < 1})
-    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
-    env = run.make_env(action_spaces=(gym.spaces.Discrete,), images=True)
+    run = Run(ALGO, args, checkpoint)  # seeding; the run directory once start() has accepted the environment
+    env = run.make_env(action_spaces=(gym.spaces.Discrete,), images=("frames",))
     agent = make_learner(env, args)
     obs_shape, n_actions = env.observation_space.shape, int(env.action_space.n)
     hyperparams = {k: getattr(args, k) for k in ("sarsa", "lr", "gamma", "trace_lambda", "kappa", "epsilon_end",
@@ -356,7 +360,7 @@ def main(args, given=frozenset()):
         agent.end_episode()  # the partial episode at a mid-episode save is dropped
     in_shape = (obs_shape[0] + 1,) if args.time_feature else obs_shape
     first = agent.acting(torch.zeros(in_shape), torch.tensor(False), torch.zeros((), dtype=torch.long))
-    update = run.compile(agent, step_inputs(first, np.zeros(obs_shape), 0.0, False, 0.0, 1.0, n_actions,
+    update = run.compile(agent, step_inputs(first, np.zeros(obs_shape), 0.0, False, 1.0, n_actions,
                                             torch.Generator()))
 
     def reset():
@@ -368,11 +372,13 @@ def main(args, given=frozenset()):
         now = reset() if run.running() else None
         while run.running():
             raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
+            seen = run.count_step(reward, raw_next_obs)  # the run's counters; False: a non-finite value, skipped
             # ALGO LOGIC: one Stream Q(lambda) / SARSA(lambda) update on (S, A, R, S'), and the next action
-            next_t, epsilon = run.episode_length / agent.time_limit - 0.5, epsilon_at(run.global_step + 1, args)
-            inputs = step_inputs(now, raw_next_obs, reward, terminated, next_t, epsilon, n_actions, run.noise_gen)
-            out = run.step(update, inputs)
+            epsilon = epsilon_at(run.global_step + 1, args)
+            inputs = step_inputs(now, raw_next_obs, reward, terminated, epsilon, n_actions, run.noise_gen)
+            out = run.step(update, inputs) if seen else None
             # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            run.log_window()
             if run.episode_over(out, terminated, truncated):
                 agent.end_episode()
                 run.end_episode(info)  # and --eval-every, --checkpoint-every

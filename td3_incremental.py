@@ -23,8 +23,11 @@ import torch.nn.functional as F
 
 from incremental_utils.errors import RunError, one_line_errors
 from incremental_utils.flags import RunArgs, check_args, flags_given, parse, resume_args
+from incremental_utils.gradients import all_finite, grad_and_aux
+from incremental_utils.metrics import MetricSums
+from incremental_utils.optimizers import Adam
+from incremental_utils.replay import ReplayBuffer
 from incremental_utils.run import Run
-from incremental_utils.updates import Adam, MetricSums, ReplayBuffer, all_finite, grad_and_aux
 
 ALGO = "td3_incremental"
 
@@ -247,9 +250,13 @@ class TD3(nn.Module):
     def explore(self, obs, noise, uniform, ok=True):
         """The behaviour policy, as an Acting: uniformly random actions until the buffer holds --learning-starts
         transitions, then the actor's with exploration noise."""
-        if int(self.replay.added) < self.learning_starts:
+        if not self.learning():
             return Acting(uniform, uniform * self.action_scale + self.action_offset, obs, torch.tensor(ok))
         return Acting(*self.act(obs, noise), obs, torch.tensor(ok))
+
+    def learning(self):
+        """Whether updates have begun: --learning-starts transitions stored (the counter exploration reads too)."""
+        return int(self.replay.added) >= self.learning_starts
 
     @torch.no_grad()
     def evaluation_action(self, raw_obs, episode_step, generator=None):
@@ -334,8 +341,8 @@ def main(args, given=frozenset()):
                        "noise_clip": lambda c: c >= 0, "learning_starts": lambda n: n >= 0})
     if args.batch_size > args.buffer_size:
         raise RunError(f"--batch-size {args.batch_size} is larger than --buffer-size {args.buffer_size}")
-    run = Run(ALGO, args, checkpoint)  # run directory, args.json, seeding
-    env = run.make_env(finite_action_bounds=True)  # its step() counts steps and checks rewards and observations
+    run = Run(ALGO, args, checkpoint)  # seeding; the run directory once start() has accepted the environment
+    env = run.make_env(finite_action_bounds=True)
     agent = make_learner(env, args)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     hyperparams = {k: getattr(args, k) for k in ("buffer_size", "batch_size", "learning_starts", "actor_lr",
@@ -359,11 +366,13 @@ def main(args, given=frozenset()):
         now = reset() if run.running() else None  # Ctrl-C while connecting or compiling: the robot never moves
         while run.running():
             raw_next_obs, reward, terminated, truncated, info = env.step(now.env_action.numpy())
-            # ALGO LOGIC: store (S, A, R, S') and, after --learning-starts, one TD3 update; then the next action
+            seen = run.count_step(reward, raw_next_obs)  # the run's counters; False: a non-finite value, skipped
+            # ALGO LOGIC: store (S, A, R, S') and, once --learning-starts are stored, one TD3 update; the next action
             inputs = step_inputs(now, raw_next_obs, reward, terminated, agent.replay, args.batch_size, run.noise_gen)
-            learning = run.global_step > args.learning_starts
-            out = run.step(update if learning else agent.store, inputs, timed=learning)
+            learning = agent.learning()
+            out = run.step(update if learning else agent.store, inputs, timed=learning) if seen else None
             # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
+            run.log_window()
             if run.episode_over(out, terminated, truncated):
                 agent.td_scaler.end_episode()
                 run.end_episode(info)  # and --eval-every, --checkpoint-every

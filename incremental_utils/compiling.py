@@ -8,7 +8,7 @@ A researcher changing an algorithm needs to know three things of the compiler, a
 - every piece of learner state is a parameter or buffer of the learner (the compiled code reads and writes them in
   place, as the eager code does);
 - a write that must not happen after a non-finite value is masked (torch.where(ok, new, old)), never skipped with an
-  `if` on a tensor: a branch on a value cannot be traced (Adam and ObGD in updates.py do this).
+  `if` on a tensor: a branch on a value cannot be traced (optimizers.py says it once, for every optimiser).
 
 How: make_fx traces learner.forward (backward pass and optimiser step included) into one graph whose inputs are the
 learner's state tensors and the step's inputs; Inductor compiles it to C++ (cached on disk). Both happen in a child
@@ -38,10 +38,16 @@ class CompileError(Exception):
     """Compiling the update failed; the message says why (one line)."""
 
 
-def being_traced():
-    """Whether the code runs under compile_update's tracer (where writes must be masked, not skipped)."""
-    from torch.fx.experimental.proxy_tensor import get_proxy_mode
-    return get_proxy_mode() is not None
+# The fence: every call of a private torch API (torch._C, torch._inductor) happens inside compile_update(), whose
+# failures are CompileErrors (a fallback to eager with --compile auto, one line with --compile on), and a torch outside
+# TESTED_TORCH is refused before any of them runs.
+def check_torch(version=None):
+    """Raises CompileError unless `version` (this torch's) is a release the compiled path is tested with."""
+    version = version or torch.__version__
+    release = ".".join(version.split("+")[0].split(".")[:2])
+    if release not in TESTED_TORCH:
+        raise CompileError(f"torch {version} is not a release the compiled update is tested with "
+                           f"({', '.join(TESTED_TORCH)}), and it rests on torch internals")
 
 
 # ------------------------------------------------------------------------------------ what the tracer writes out
@@ -157,6 +163,7 @@ def compile_update(learner, example_inputs, interrupted=None):
     """learner(inputs), one whole update, as a CompiledUpdate: the same call, run by compiled C++ on the learner's
     own state tensors. `example_inputs` is a NamedTuple of tensors shaped as every step's will be; `interrupted`, a
     function polled while the compiler works (a Ctrl-C stops it). Raises CompileError with the reason."""
+    check_torch()
     if not is_tensor_tuple(example_inputs):
         raise CompileError("the update's inputs must be a NamedTuple (or tuple) of tensors")
     outputs = copy.deepcopy(learner)(example_inputs)  # the outputs' type, from one eager step on a copy
@@ -171,8 +178,13 @@ def compile_update(learner, example_inputs, interrupted=None):
             "learner_module": type(learner).__module__}))
         result = run_child(folder, interrupted)
         library = load_library(result["library"])
+    try:
+        aoti = torch._C._aoti
+        calls = (aoti.unsafe_alloc_void_ptrs_from_tensors, aoti.alloc_tensors_by_stealing_from_void_ptrs)
+    except AttributeError as e:
+        raise CompileError(f"this torch lacks what calling the compiled library needs ({e})") from None
     return CompiledUpdate(library, [*learner.parameters(), *learner.buffers()], example_inputs, outputs,
-                          result["outputs"])
+                          result["outputs"], calls)
 
 
 def run_child(folder, interrupted):
@@ -207,8 +219,8 @@ def load_library(path):
     variable, as Inductor's own loader sets it."""
     key = "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"
     previous = os.environ.get(key)
-    os.environ[key] = str(torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr)
     try:
+        os.environ[key] = str(torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr)
         spec = importlib.util.spec_from_file_location("compiled_update.inductor_entry_cpp", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -226,8 +238,9 @@ class CompiledUpdate:
     """learner(inputs) as compiled C++: reads and writes the learner's state tensors in place, returns the
     learner's own outputs type. Inputs must have the example's shapes and dtypes (checked at the first call)."""
 
-    def __init__(self, library, state, example_inputs, example_outputs, n_outputs):
+    def __init__(self, library, state, example_inputs, example_outputs, n_outputs, calls):
         self.entry, self.state, self.n_outputs = library.inductor_entry_cpp, state, n_outputs
+        self.to_handles, self.from_handles = calls  # torch's private converters, found inside the fence
         self.example = [(tuple(t.shape), t.dtype) for t in leaves(example_inputs)]
         self.nested_inputs = any(layout(example_inputs))
         self.outputs_type, self.outputs_layout = type(example_outputs), layout(example_outputs)
@@ -242,8 +255,7 @@ class CompiledUpdate:
             if got != self.example:
                 raise ValueError(f"the update was compiled for inputs {self.example}, got {got}")
             self.checked = True
-        out = torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs(
-            self.entry(torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors([*self.state, *flat])))
+        out = self.from_handles(self.entry(self.to_handles([*self.state, *flat])))
         return rebuild(self.outputs_type, self.outputs_layout, out) if self.nested_outputs else self.outputs_type(*out)
 
 

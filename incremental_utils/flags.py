@@ -12,6 +12,7 @@ import tyro
 
 from .checkpoints import load_checkpoint
 from .errors import RunError
+from .image_envs import MIN_SIDE
 
 
 @dataclass
@@ -23,7 +24,7 @@ class RunArgs:
     seed: int = 1
     """seed of the run (torch, numpy, random, environment)"""
     total_timesteps: int = 10_000_000
-    """environment steps to run (the paper's runs: 10M)"""
+    """steps to run, each one update: environment steps, or with --action-repeat N agent steps of N environment steps (the paper's runs: 10M)"""
     exp_name: Optional[str] = None
     """experiment name, part of the run name and the grouping key of scripts/plot.py; unset: the script's name"""
     run_name: Optional[str] = None
@@ -70,7 +71,7 @@ class RunArgs:
 
 @dataclass
 class PixelArgs:
-    """The flags of the scripts that learn from camera images (incremental_utils/pixels.py says what they do)."""
+    """The flags of the scripts that learn from camera images (incremental_utils/image_envs.py says what they do)."""
     pixels: bool = False
     """observe the environment's rendered RGB camera (gymnasium MuJoCo, dm_control/..., the simulated robots)"""
     image_size: int = 84
@@ -84,9 +85,20 @@ class PixelArgs:
     frame_stack: int = 3
     """images: how many of the latest frames make one observation"""
     action_repeat: Optional[int] = None
-    """repeat each action N steps, rewards summed; unset: 8/4/2 for dm_control with --pixels, as the benchmarks do"""
+    """repeat each action N environment steps, rewards summed (one agent step); unset: 8/4/2 for dm_control with --pixels, as the benchmarks do"""
     camera: Optional[str] = None
     """UR5VisualReacher: the real camera, an OpenCV device (0, /dev/video0 or a stream URL); unset: simulated"""
+
+
+# The pixel benchmarks' action repeat per DeepMind Control domain (DrQ, CURL, RAD); other domains and tasks: 1.
+DMC_ACTION_REPEAT = {"cartpole": 8, "reacher": 4, "cheetah": 4, "cup": 4, "ball_in_cup": 4, "finger": 2, "walker": 2}
+
+
+def default_action_repeat(args):
+    """--action-repeat unset: the pixel benchmarks' value for a dm_control task with --pixels, else 1."""
+    if args.pixels and args.env.startswith("dm_control/"):
+        return DMC_ACTION_REPEAT.get(args.env.split("/", 1)[1].split("-")[0], 1)
+    return 1
 
 
 # Flags that may change when a run is resumed: how it runs, not what it learns.
@@ -142,9 +154,24 @@ def check_args(args, positive=(), ranges=None):
     name = Path(args.run_name or ".")
     if args.run_name is not None and (not args.run_name.strip() or name.is_absolute() or ".." in name.parts):
         raise RunError(f"--run-name must name a directory inside runs/, got {args.run_name!r}")
-    if args.eval_every and (args.robot_host or args.robot_port or getattr(args, "camera", None)):
+    if isinstance(args, PixelArgs):
+        check_pixel_args(args)
+    if args.eval_every and (args.robot_host or args.robot_port or (isinstance(args, PixelArgs) and args.camera)):
         raise RunError("--eval-every needs a second environment, and one robot cannot run two episodes at once; "
                        "evaluate a saved policy on the robot with scripts/evaluate.py")
+
+
+def check_pixel_args(args):
+    """The camera flags' checks, and the action repeat's default resolved here, once, so args.json records it."""
+    if args.action_repeat is None:
+        args.action_repeat = default_action_repeat(args)
+    for name, least in (("action_repeat", 1), ("frame_stack", 1), ("image_size", MIN_SIDE)):
+        if getattr(args, name) < least:
+            why = " (the encoder's smallest image)" if name == "image_size" else ""
+            raise RunError(f"--{name.replace('_', '-')} must be at least {least}{why}, got {getattr(args, name)}")
+    if not args.pixels and (args.fast_render or args.render_camera is not None):
+        raise RunError("--render-camera and --fast-render choose how --pixels renders; add --pixels (an environment "
+                       "with a camera image of its own is used as it is)")
 
 
 def resume_args(args, given, algo):

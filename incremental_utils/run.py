@@ -12,11 +12,18 @@ A run has one order, and each step refuses to come before the one it needs (a Ru
         now = reset() if run.running() else None   # (a Ctrl-C while compiling: the robot never moves)
         while run.running():
             ... = env.step(now.action.numpy())
-            out = run.step(update, inputs)   # None: the step was skipped (a non-finite reward or observation)
+            seen = run.count_step(reward, raw_next_obs)   # the run's step counters; False: a non-finite value,
+                                                          # skipped (--on-nonfinite skip)
+            out = run.step(update, inputs) if seen else None   # the update, timed
+            run.log_window()                 # every --log-every steps: the learner's metrics, latency, SPS
             if run.episode_over(out, terminated, truncated):
                 ... the learner's own end of episode ...
                 run.end_episode(info)        # logs, evaluation and checkpoint when due
     return run.finish()                      # the exit status; summary.json and the .model when finished
+
+Every counter has one writer. The run's step, episode and return counters are written by count_step() and
+end_episode() alone; the learner's own counters (a time feature's episode step, transitions stored) are its buffers,
+written by its update.
 
 What the run knows of a learner is what the script hands it: an nn.Module whose state_dict() is its complete state
 (checkpoints), the MetricSums inside it (logged every --log-every steps), the update's outputs (a NamedTuple with an
@@ -35,20 +42,19 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 import robots
 
 from .checkpoints import check_spaces, load_policy, load_policy_source, made_with, save_atomic, save_model, space_sizes
-from .compiling import CompileError, compile_update
+from .compiling import CompileError, check_torch, compile_update
 from .environments import env_random_state, make_env, set_env_random_state
 from .errors import NonFiniteStop, RunError
 from .evaluation import run_episodes
-from .flags import resume_command
+from .flags import PixelArgs, resume_command
 from .logs import RunLog
-from .updates import MetricSums
+from .metrics import MetricSums
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episode i starts from reset(seed=args.seed + EVAL_SEED_OFFSET + i)
 AUTO_COMPILE_STEPS = 10_000  # --compile auto compiles budgets of at least this many steps
@@ -63,11 +69,7 @@ class Run:
         args.exp_name = args.exp_name or algo
         args.run_name = args.run_name or \
             f"{args.env.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        self.dir = Path("runs") / args.run_name
-        try:
-            (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RunError(f"cannot write the run directory {self.dir}: {e.strerror}") from None
+        self.dir = Path("runs") / args.run_name  # made by start(), once the arguments and environment are accepted
         # Seeding: every source of randomness. The learner's noise has its own generator, saved in checkpoints.
         random.seed(args.seed)
         np.random.seed(args.seed)
@@ -80,7 +82,7 @@ class Run:
         self.stop_signal, self.old_handlers = None, {}
         self.global_step = self.episodes = self.skipped = self.exit_code = 0
         self.episode_return, self.episode_length, self.recent_returns = 0.0, 0, []
-        self.skip_update, self.last_ok = None, True  # a non-finite input seen by env.step; the last update's flag
+        self.last_ok, self.in_update = True, False  # the last update's flag; whether an update is running now
         self.wandb_id, self.message = None, ""
         self.last_checkpoint_step = self.last_eval_step = 0
 
@@ -97,13 +99,11 @@ class Run:
 
     # ---------------------------------------------------------------------------------------------- set-up
     def make_env(self, **checks):
-        """The training environment (see environments.make_env for `checks`), seeded. Its step() counts the step for
-        the run's logs and checks the reward and observation: a non-finite one stops the run (exit 3) or, with
-        --on-nonfinite skip, makes run.step() skip that update and end the episode. With --eval-every, also the
+        """The training environment (see environments.make_env for `checks`), seeded. With --eval-every, also the
         evaluation environment, a separate instance without video."""
         if self.env is not None:
             raise RuntimeError("Run.make_env() is called once")
-        self.env = _CountedSteps(make_env(self.args, self.algo, **checks), self)
+        self.env = make_env(self.args, self.algo, **checks)
         self.env.action_space.seed(self.args.seed)
         if self.args.eval_every:
             self.eval_env = make_env(dataclasses.replace(self.args, capture_video=False), self.algo, **checks)
@@ -121,8 +121,15 @@ class Run:
         self.metrics = [m for m in learner.modules() if isinstance(m, MetricSums)]
         try:
             self._restore(learner)
+            try:  # made only now: a refused flag, environment or checkpoint leaves no directory behind
+                (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RunError(f"cannot write the run directory {self.dir}: {e.strerror}") from None
             self._write_args()
             print(f"{self.algo}.py on {args.env}: {summary}; logging to {self.dir}")
+            if isinstance(args, PixelArgs) and args.action_repeat > 1:
+                print(f"counting agent steps: each action is held for {args.action_repeat} environment steps "
+                      "(--total-timesteps, global_step and the plots count agent steps)")
             self.log = RunLog(self.dir, args, self.global_step, self.resumed, self.wandb_id)
             self.wandb_id = self.log.wandb_id
         except BaseException:
@@ -180,9 +187,10 @@ class Run:
             self.update_mode = {"compiled": False, "why": f"--compile auto with a budget under {AUTO_COMPILE_STEPS} "
                                                           "steps"}
         else:
-            print("compiling the update (in a child process; cached on disk for later runs)...", flush=True)
             t0 = time.perf_counter()
             try:
+                check_torch()  # before any private torch call; the compiler's child checks again
+                print("compiling the update (in a child process; cached on disk for later runs)...", flush=True)
                 update = compile_update(learner, example_inputs, interrupted=lambda: self.stop_signal is not None)
                 seconds = time.perf_counter() - t0
                 self.update_mode = {"compiled": True, "why": f"--compile {mode}", "seconds": round(seconds, 1)}
@@ -192,10 +200,11 @@ class Run:
                     self.update_mode = {"compiled": False, "why": "interrupted while compiling"}
                 elif mode == "on":
                     self._close_envs()
+                    self.log.close(2)
                     raise RunError(f"compiling the update failed ({e}); run with --compile off") from None
                 else:
                     self.update_mode = {"compiled": False, "why": f"--compile auto: compiling failed ({e})"}
-                    print(f"warning: compiling the update failed ({e}); running it uncompiled, 4-8 times slower",
+                    print(f"warning: the update runs eager, 4-8 times slower: compiling failed ({e})",
                           file=sys.stderr)
         self._write_args()
         how = "compiled" if self.update_mode["compiled"] else "eager"
@@ -222,17 +231,20 @@ class Run:
         return raw_obs
 
     def count_step(self, reward, next_obs):
-        """Counts an environment step (env.step does it); names a non-finite reward (in float32, as the learner sees
-        it) or observation, else None. A non-finite reward stays out of the episode's return."""
+        """Counts the environment step just taken (the run's step, the episode's length and return) and checks its
+        reward (in float32, as the learner sees it) and observation. Returns whether the learner may see them: a
+        non-finite one stops the run (exit 3, the last good state saved) or, with --on-nonfinite skip, is counted,
+        and the script skips that update (the episode then ends). A non-finite reward stays out of the return."""
+        self._require("looping", "count_step()")
         self.global_step += 1
         self.episode_length += 1
-        reward = float(reward)
-        if not (math.isfinite(reward) and abs(reward) < 3.4e38):  # float32's largest is 3.40282e38
-            with np.errstate(over="ignore"):
-                if not np.isfinite(np.float32(reward)):
-                    return "reward"
-        self.episode_return += reward
-        return None if finite_observation(next_obs) else "observation"
+        culprit = nonfinite_input(reward, next_obs)
+        if culprit != "reward":
+            self.episode_return += float(reward)
+        if culprit is not None:
+            self._nonfinite(culprit)
+            return False
+        return True
 
     def _nonfinite(self, culprit):
         """A non-finite value at this step, whose update is not applied: with --on-nonfinite stop the run ends here
@@ -242,15 +254,13 @@ class Run:
             raise NonFiniteStop(culprit)
 
     def step(self, fn, inputs, timed=True):
-        """fn(inputs): the update (timed for this log window's latency percentiles unless `timed` is false). Returns
-        its outputs, or None when the environment step just taken gave a non-finite reward or observation (with
-        --on-nonfinite skip: the learner never sees it, and the episode ends). An update whose outputs say not ok
-        (a non-finite loss or gradient) stops the run, or with skip is counted."""
-        if self.skip_update is not None:
-            self.skip_update = None
-            return None
+        """fn(inputs): the update (timed for this log window's latency percentiles unless `timed` is false), and its
+        outputs. An update whose outputs say not ok (a non-finite loss or gradient) stops the run, or with skip is
+        counted. An exception raised inside it may leave the learner half-updated: guard() then saves nothing."""
         t0 = time.perf_counter()
+        self.in_update = True
         out = fn(inputs)
+        self.in_update = False
         if timed:
             self.log.update_took(time.perf_counter() - t0)
         self.last_ok = bool(out.ok)
@@ -258,11 +268,14 @@ class Run:
             self._nonfinite("loss or gradient")
         return out
 
-    def episode_over(self, out, terminated, truncated):
-        """Logs every --log-every steps, and says whether the episode ends at this step: it terminated or was
-        truncated, the step was skipped (out is None), or a failed update's outputs are not finite (no action to
-        send). The script then does the learner's own end of episode and calls end_episode()."""
+    def log_window(self):
+        """Every --log-every steps: the means of the learner's MetricSums, update latency, skips and SPS."""
         self.log.window(self.global_step, self.metrics, self.skipped)
+
+    def episode_over(self, out, terminated, truncated):
+        """Whether the episode ends at this step: it terminated or was truncated, the step was skipped (out is None),
+        or a failed update's outputs are not finite (no action to send). The script then does the learner's own end
+        of episode and calls end_episode()."""
         if out is None or terminated or truncated:
             return True
         return not self.last_ok and not all(torch.isfinite(t).all() for t in out if t.is_floating_point())
@@ -311,7 +324,7 @@ class Run:
     @contextmanager
     def guard(self):
         """Around the training loop: whatever ends it (the budget, Ctrl-C/SIGTERM, a non-finite value, a robot fault,
-        an exception), the state is saved where it is needed, the environment (and robot) stopped and closed, the
+        an exception), the state is saved where it is consistent, the environment (and robot) stopped and closed, the
         logs flushed, and exit_code/message set. Exceptions are not re-raised: finish() reports them."""
         self._require("compiled", "guard()")
         self.stage = "looping"
@@ -319,10 +332,10 @@ class Run:
         try:
             yield
             if self.stop_signal is not None:
-                self.save_checkpoint(mid_episode=True)  # the episode in progress is dropped on resume
+                path = self.save_checkpoint(mid_episode=True)  # the episode in progress is dropped on resume
                 self.exit_code = 130 if self.stop_signal == signal.SIGINT else 143
                 self.message = (f"stopped by {signal.Signals(self.stop_signal).name} at step {self.global_step}; "
-                                f"resume with: {resume}")
+                                f"checkpoint written to {path}; resume with: {resume}")
         except NonFiniteStop as e:
             path = self.save_checkpoint(mid_episode=True)
             self.exit_code, self.message = 3, (f"non-finite {e} at step {self.global_step}; the update was not "
@@ -331,11 +344,19 @@ class Run:
             self.save_checkpoint(mid_episode=True)
             self.exit_code = 4
             self.message = f"robot error at step {self.global_step}: {e}; resume with: {resume}"
-        except Exception:  # a bug or failure in the environment or a library: show where, and keep the run
+        except Exception:  # a bug or a failure: show where, and keep what is consistent
             traceback.print_exc()
-            self.save_checkpoint(mid_episode=True)
             self.exit_code = 1
-            self.message = f"failed at step {self.global_step} (above); resume with: {resume}"
+            if self.in_update:  # the update raised partway: some of its writes may have happened, others not
+                last = sorted((self.dir / "checkpoints").glob("step_*.pt"))
+                self.message = (f"the update raised at step {self.global_step} (above), so the learner may be "
+                                "half-updated and its state was not saved; " +
+                                (f"resuming from the last checkpoint, {last[-1].name}, is safe: {resume}" if last else
+                                 "no checkpoint was written before it, so there is nothing to resume"))
+            else:  # outside the update (the environment, a library): the state is the last update's, whole
+                path = self.save_checkpoint(mid_episode=True)
+                self.message = (f"failed at step {self.global_step} (above), outside the update; the state before "
+                                f"this step is saved in {path} and resuming is safe: {resume}")
         finally:
             self._close_envs()
             self.log.close(self.exit_code)
@@ -365,25 +386,19 @@ class Run:
         return 0
 
 
+def nonfinite_input(reward, next_obs):
+    """Names a non-finite reward (in float32, as the learner sees it) or observation, else None."""
+    reward = float(reward)
+    if not (math.isfinite(reward) and abs(reward) < 3.4e38):  # float32's largest is 3.40282e38
+        with np.errstate(over="ignore"):
+            if not np.isfinite(np.float32(reward)):
+                return "reward"
+    return None if finite_observation(next_obs) else "observation"
+
+
 def finite_observation(obs):
     """Integer and boolean observations (MinAtar's, images) are always finite; a Dict is checked part by part."""
     if isinstance(obs, dict):
         return all(finite_observation(part) for part in obs.values())
     obs = np.asarray(obs)
     return obs.dtype.kind not in "fc" or bool(np.isfinite(obs).all())
-
-
-class _CountedSteps(gym.Wrapper):
-    """The training environment as the run sees it: every step counted, its reward and observation checked."""
-
-    def __init__(self, env, run):
-        super().__init__(env)
-        self.run = run
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        culprit = self.run.count_step(reward, obs)
-        if culprit is not None:
-            self.run._nonfinite(culprit)  # raises with --on-nonfinite stop
-            self.run.skip_update = culprit
-        return obs, reward, terminated, truncated, info

@@ -10,9 +10,10 @@ front of it. 150 cycles of 40 ms (6 s) per episode, truncated.
 
 Observation: {"image": the camera's RGB frame (84 x 84 by default), "proprio": shoulder-lift and elbow angles, their
 velocities / 0.3, the previous command / 0.3} (no target). Actions, safety layer, stops, cycle and reset are
-UR5Reacher-v0's (robots/ur5.py). The real camera is read by a thread of its own, every frame timestamped: a frame older
-than STALE seconds when the agent needs one (a stalled, frozen or unplugged camera) stops the arm and raises RobotError,
-exactly as a lost link does; the real screen is a full-screen window drawn with matplotlib (robots/README.md has the
+UR5Reacher-v0's (robots/ur5.py). The real camera is read by a thread of its own, every frame timestamped: no new frame
+for STALE seconds when the agent needs one (a stalled or unplugged camera, or a frozen one that repeats its last frame
+bit for bit), a capture that raises, or frames that are not colour images stop the arm and raise RobotError, exactly
+as a lost link does; the real screen is a full-screen window drawn with matplotlib (robots/README.md has the
 set-up)."""
 import math
 import threading
@@ -25,6 +26,7 @@ from robots import RobotError
 from robots import ur5
 
 STALE = 0.2  # s: five cycles without a new frame stop the arm (a camera at 25-30 fps gives one every 33-40 ms)
+MIN_SIDE = 16  # pixels: a smaller frame holds no target worth finding
 FIRST_FRAME = 5.0  # s to wait for a camera's first frame
 SCREEN_X = 0.41  # m: the screen's plane (the flange moves in x = 0.109)
 VIEW = 0.11  # m: a target lies within this of the reference pose's flange (y, z), so that it starts in view
@@ -48,8 +50,10 @@ def centred_reward(image):
 
 class CameraFeed:
     """The newest frame of an OpenCV capture (a device index, a path or a URL; or any object with read(), isOpened()
-    and release(), as cv2.VideoCapture has), read by its own thread and timestamped. latest() raises RobotError when
-    the newest frame is older than STALE."""
+    and release(), as cv2.VideoCapture has), read by its own thread and timestamped. latest() raises RobotError, in one
+    line that says which, when the camera has failed: its capture raised (the exception is in the message), it froze
+    (bit-identical frames for longer than STALE: some USB cameras freeze that way and keep sending the last frame),
+    it stalled (no frame for longer than STALE: hung, unplugged), or it sends frames that are not colour images."""
 
     def __init__(self, source, size):
         import cv2
@@ -58,25 +62,40 @@ class CameraFeed:
                                                                                else source)
         if not self.capture.isOpened():
             raise RobotError(f"camera {self.name}: cannot open it (check the device, and that no other program uses it)")
-        self.frame = self.stamp = None
+        # frame: the newest; stamp: when a frame that differs from the one before it came; seen: when any frame came
+        self.frame = self.stamp = self.seen = self.failure = None
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._thread = threading.Thread(target=self._read, name="camera", daemon=True)
         self._thread.start()
         give_up = time.monotonic() + FIRST_FRAME
-        while self.frame is None:
+        while self.frame is None and self.failure is None:
             if time.monotonic() > give_up:
                 self.close()
                 raise RobotError(f"camera {self.name}: no frame within {FIRST_FRAME:.0f} s")
             time.sleep(0.01)
+        if self.failure is not None:
+            self.close()
+            raise RobotError(f"camera {self.name}: {self.failure}")
 
     def _read(self):
-        while not self._stop.is_set():
-            ok, frame = self.capture.read()
-            if not ok:  # the next latest() reports the camera once its last frame is too old
-                time.sleep(0.005)
-                continue
+        try:
+            while not self._stop.is_set():
+                ok, frame = self.capture.read()
+                if not ok:  # the next latest() reports the camera once its last frame is too old
+                    time.sleep(0.005)
+                    continue
+                problem = frame_problem(frame)
+                now = time.monotonic()
+                with self._lock:
+                    if problem is not None:
+                        self.failure = problem
+                        return
+                    if self.frame is None or not np.array_equal(frame, self.frame):
+                        self.stamp = now
+                    self.frame, self.seen = frame, now
+        except Exception as e:  # the capture's own reason, carried into the stop
             with self._lock:
-                self.frame, self.stamp = frame, time.monotonic()
+                self.failure = f"the capture raised {type(e).__name__}: {' '.join(str(e).split())[:200]}"
 
     def latest(self, newer_than=0.0):
         """The newest frame as RGB, size x size; if it was taken before the time `newer_than` (time.monotonic()), the
@@ -84,14 +103,19 @@ class CameraFeed:
         give_up = time.monotonic() + STALE
         while True:
             with self._lock:
-                frame, stamp = self.frame, self.stamp
-            if stamp > newer_than or time.monotonic() > give_up:
+                frame, stamp, seen, failure = self.frame, self.stamp, self.seen, self.failure
+            if failure is not None or stamp > newer_than or time.monotonic() > give_up:
                 break
             time.sleep(0.002)
-        age = time.monotonic() - max(stamp, newer_than)
-        if age > STALE:
-            raise RobotError(f"camera {self.name}: no new frame for {1000 * age:.0f} ms (stalled, frozen or "
-                             "disconnected); the arm was stopped")
+        if failure is not None:
+            raise RobotError(f"camera {self.name}: {failure}; the arm was stopped")
+        now = time.monotonic()
+        if now - max(stamp, newer_than) > STALE:
+            if now - max(seen, newer_than) <= STALE:
+                raise RobotError(f"camera {self.name}: frozen, the same frame for {1000 * (now - stamp):.0f} ms; the "
+                                 "arm was stopped")
+            raise RobotError(f"camera {self.name}: no new frame for {1000 * (now - max(seen, newer_than)):.0f} ms "
+                             "(stalled or disconnected); the arm was stopped")
         frame = self.cv2.cvtColor(frame, self.cv2.COLOR_BGR2RGB)
         return self.cv2.resize(frame, (self.size, self.size), interpolation=self.cv2.INTER_AREA)
 
@@ -99,6 +123,17 @@ class CameraFeed:
         self._stop.set()
         self._thread.join(timeout=1.0)
         self.capture.release()
+
+
+def frame_problem(frame):
+    """Why a captured frame is not a colour image the task can use (8-bit, height x width x 3, at least MIN_SIDE a
+    side), in words, or None."""
+    shape, dtype = getattr(frame, "shape", None), getattr(frame, "dtype", None)
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or shape[2] != 3 or dtype != np.uint8 or \
+            min(shape[:2]) < MIN_SIDE:
+        return (f"its frames must be colour images of 8-bit pixels, height x width x 3, at least {MIN_SIDE} pixels a "
+                f"side; it sent {type(frame).__name__} of shape {shape} and dtype {dtype}")
+    return None
 
 
 class TargetScreen:

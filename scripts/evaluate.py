@@ -29,7 +29,7 @@ import robots  # noqa: E402
 from incremental_utils.checkpoints import check_spaces, load_policy, load_policy_source  # noqa: E402
 from incremental_utils.environments import make_env  # noqa: E402
 from incremental_utils.errors import RunError  # noqa: E402
-from incremental_utils.flags import PixelArgs  # noqa: E402
+from incremental_utils.flags import PixelArgs, check_pixel_args  # noqa: E402
 from incremental_utils.evaluation import run_episodes  # noqa: E402
 
 
@@ -74,9 +74,11 @@ def evaluate(opts):
                                **({"camera": opts.camera} if isinstance(saved, PixelArgs) else {}))
     if opts.camera and not isinstance(saved, PixelArgs):
         raise RunError(f"--camera: {source['algo']}.py does not learn from images")
+    if isinstance(args, PixelArgs):
+        check_pixel_args(args)  # a saved run's flags, as its training resolved them
     env = make_env(args, source["algo"], action_spaces=(gym.spaces.Box, gym.spaces.Discrete),
-                   finite_action_bounds=False, images=True,
-                   pixels=isinstance(args, PixelArgs))  # check_spaces holds it to the saved ones
+                   finite_action_bounds=False, images=("frames", "camera") if isinstance(args, PixelArgs) else
+                   ("frames",))  # check_spaces holds it to the saved ones
     try:
         check_spaces(env, source, opts.path)
         learner = module.make_learner(env, args)

@@ -6,8 +6,9 @@ Finds every run under the given paths: a run directory (one holding events.out.t
 (ENV__EXP__SEED.csv.gz, as --export-episodes writes them: global step, return and length of every episode, the way
 docs/data/ keeps finished runs without their directories). Groups runs by (environment, experiment name) from their
 args.json or the file's header (or from the run name ENV__EXP__SEED[__TIME]), and draws the
-mean episodic return against environment steps with a 95% confidence band across seeds, one panel per environment,
-as PNG and PDF. Each run is interpolated onto a common step grid within the steps it covers; where fewer runs than
+mean episodic return against the steps the runs count (environment steps, or agent steps for runs that repeat each
+action: the axis and the table say which) with a 95% confidence band across seeds (a group of fewer than 3 runs: each
+run's own curve instead), one panel per environment, as PNG and PDF. Each run is interpolated onto a common step grid within the steps it covers; where fewer runs than
 the group's total cover a step (runs still in progress, or of different lengths), the curve is drawn dotted. Prints
 a Markdown table of final performance per group (--final-steps adds the mean over a run's last N steps, the paper's
 measure; --per-seed the score of every run; --segments each run's episodes per stretch of steps). Runs still being
@@ -89,6 +90,7 @@ class Run:
     returns: np.ndarray
     finished: bool
     lengths: np.ndarray = None
+    action_repeat: int = 1  # environment steps per step counted (agent steps); 1: the steps are environment steps
 
 
 EPISODES = ".csv.gz"  # an exported run: its episodes, one line each
@@ -123,7 +125,7 @@ def write_episodes(run, path, tag_lengths="charts/episodic_length"):
     commit = (args.get("made_with") or {}).get("git_commit")
     with gzip.open(path, "wt", compresslevel=9) as f:
         f.write(f"# env={run.env} exp_name={run.exp_name} seed={run.seed} finished={str(run.finished).lower()} "
-                f"algo={args.get('algo')} commit={commit}\n")
+                f"algo={args.get('algo')} commit={commit} action_repeat={run.action_repeat}\n")
         f.write("global_step,return,length\n")
         for step, value, length in zip(run.steps, run.returns, lengths):
             f.write(f"{int(step)},{value:.2f},{int(length)}\n")
@@ -141,6 +143,28 @@ def read_episodes(path):
     seed = int(header["seed"]) if header.get("seed", "").isdigit() else header.get("seed")
     ident = (header["env"], header["exp_name"], seed, header.get("finished") == "true")
     return ident, table[:, 0], table[:, 1], table[:, 2]
+
+
+def action_repeat_of(run_dir):
+    """Environment steps per counted step: --action-repeat from args.json or the episodes file's header (1 if
+    neither says)."""
+    if run_dir.name.endswith(EPISODES):
+        with gzip.open(run_dir, "rt") as f:
+            header = dict(part.split("=", 1) for part in f.readline().lstrip("# ").split() if "=" in part)
+        value = header.get("action_repeat")
+    else:
+        value = (read_json(run_dir / "args.json") or {}).get("action_repeat")
+    return int(value) if str(value).isdigit() else 1
+
+
+def step_unit(runs):
+    """What the runs' steps count, for an axis or a table: environment steps, or agent steps with their repeat."""
+    repeats = sorted({r.action_repeat for r in runs})
+    if repeats == [1]:
+        return "environment steps"
+    if len(repeats) == 1:
+        return f"agent steps (each {repeats[0]} environment steps)"
+    return "agent steps (action repeat " + "/".join(map(str, repeats)) + ")"
 
 
 def identify(run_dir):
@@ -209,7 +233,7 @@ def load_runs(paths, tag=TAG, envs=None, exp_names=None, log=sys.stderr):
             skipped.append(f"{run_dir} (no {tag} yet)")
             continue
         runs.append(Run(run_dir, env, exp_name, seed, steps[keep], values[keep], finished,
-                        None if lengths is None else lengths[keep]))
+                        None if lengths is None else lengths[keep], action_repeat_of(run_dir)))
     for note in skipped:
         print(f"plot.py: skipped {note}", file=log)
     return runs
@@ -286,13 +310,13 @@ def interval(f):
 
 def markdown_table(groups, fraction=0.1, final_steps=None):
     extra = f" last {steps_text(final_steps)} steps (mean) | 95% CI |" if final_steps else ""
-    lines = [f"| environment | experiment | runs | final return (mean) | 95% CI | window (steps) |{extra}",
-             "|---|---|---|---|---|---|" + ("---|---|" if final_steps else "")]
+    lines = [f"| environment | experiment | runs | final return (mean) | 95% CI | window | steps counted |{extra}",
+             "|---|---|---|---|---|---|---|" + ("---|---|" if final_steps else "")]
     for (env, exp_name), runs in groups.items():
         f = final_performance(runs, fraction)
         runs_text = f"{f['runs']}" + (f" ({f['unfinished']} unfinished)" if f["unfinished"] else "")
         line = (f"| {env} | {exp_name} | {runs_text} | {fmt(f['mean'])} | {interval(f)} | "
-                f"{steps_text(f['window'][0])}-{steps_text(f['window'][1])} |")
+                f"{steps_text(f['window'][0])}-{steps_text(f['window'][1])} | {step_unit(runs)} |")
         if final_steps:
             last = final_performance(runs, steps=final_steps)
             line += f" {fmt(last['mean'])} | {interval(last)} |"
@@ -356,6 +380,9 @@ def reference_lines(groups, names, fraction=0.1):
     return lines
 
 
+PER_SEED_BELOW = 3  # a group of fewer runs is drawn run by run, without a confidence band
+
+
 def draw(groups, out, points=200, window=1, formats=("png", "pdf"), title=None, ylabel="episodic return",
          references=(), fraction=0.1):
     import matplotlib
@@ -382,7 +409,14 @@ def draw(groups, out, points=200, window=1, formats=("png", "pdf"), title=None, 
             # Dotted where only some of the group's runs cover the step; the solid line hides it elsewhere.
             ax.plot(grid, mean, color=color, lw=1.2, ls=":")
             ax.plot(grid, np.where(n == len(runs), mean, np.nan), color=color, lw=1.6)
-            ax.fill_between(grid, mean - half, mean + half, where=np.isfinite(half), color=color, alpha=0.2, lw=0)
+            if len(runs) >= PER_SEED_BELOW:
+                ax.fill_between(grid, mean - half, mean + half, where=np.isfinite(half), color=color, alpha=0.2, lw=0)
+            else:  # a t-interval of 2 runs spans most of the panel (t = 12.7): each run's own curve says more
+                for run in runs:
+                    seed_grid, seed_mean, _, _ = curve([run], points, window)
+                    ax.plot(seed_grid, seed_mean, color=color, lw=0.7, alpha=0.55)
+                    bands += [seed_mean]
+                half = np.full_like(mean, np.nan)
             if (env, exp_name) in levels:
                 start, end, level = levels[env, exp_name]
                 ax.hlines(level, start, end, color=color, lw=1.2, ls="--")
@@ -390,7 +424,7 @@ def draw(groups, out, points=200, window=1, formats=("png", "pdf"), title=None, 
             bands += [mean - half, mean + half]
         fit_axis_to_curves(ax, np.concatenate(means), np.concatenate(bands))
         ax.set_title(env)
-        ax.set_xlabel("environment steps")
+        ax.set_xlabel(step_unit([r for (group_env, _), runs in groups.items() if group_env == env for r in runs]))
         ax.set_ylabel(ylabel)
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.grid(alpha=0.3)
@@ -402,6 +436,7 @@ def draw(groups, out, points=200, window=1, formats=("png", "pdf"), title=None, 
         sizes = sorted({len(runs) for (_, e), runs in groups.items() if e == exp_name})
         handles.append(Line2D([], [], color=colors[exp_name], lw=1.6))
         labels.append(f"{exp_name} (n={sizes[0]}" + (f"-{sizes[-1]})" if len(sizes) > 1 else ")")
+                      + (", thin: each run" if sizes[0] < PER_SEED_BELOW else "")
                       + (", dashed: its final return" if exp_name in references else ""))
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
     if title:

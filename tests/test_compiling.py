@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from helpers import REPO, TESTS, assert_states_close
-from incremental_utils.compiling import SMALL_MATMULS_AS_SUMS, CompiledUpdate, CompileError, compile_update
-from incremental_utils.updates import Adam, MetricSums, all_finite, grad_and_aux
+from incremental_utils import compiling
+from incremental_utils.compiling import SMALL_MATMULS_AS_SUMS, CompiledUpdate, CompileError, check_torch, compile_update
+from incremental_utils.gradients import all_finite, grad_and_aux
+from incremental_utils.metrics import MetricSums
+from incremental_utils.optimizers import Adam
 
 OBS = 5
 
@@ -148,3 +151,17 @@ def test_a_large_layer_multiplied_along_its_rows_keeps_the_library_product():
         graph, ops = traced_ops(lambda x, w: F.linear(x, w), x, weight)
         assert any(op.startswith(("aten.mm", "aten.addmm", "aten.mv")) for op in ops) == kept, ops
         torch.testing.assert_close(graph(x, weight), x @ weight.T, rtol=1e-5, atol=1e-5)
+
+
+def test_a_torch_outside_the_tested_releases_is_fenced_off_before_any_private_call(monkeypatch):
+    """check_torch() names the release; compile_update() refuses before it traces or loads anything; a run with
+    --compile auto falls back to eager and records why, one with --compile on stops in one line (tests/test_run.py)."""
+    check_torch("2.13.0+cpu")
+    with pytest.raises(CompileError, match=r"torch 2\.14\.0 is not a release the compiled update is tested with \(2\.13\)"):
+        check_torch("2.14.0")
+    monkeypatch.setattr(torch, "__version__", "2.14.1")
+    traced = []
+    monkeypatch.setattr(compiling, "run_child", lambda *a: traced.append(a))
+    with pytest.raises(CompileError, match="torch 2.14.1"):
+        compile_update(TinyLearner(), Batch(torch.zeros(OBS), torch.zeros(())))
+    assert traced == []

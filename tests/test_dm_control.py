@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 
 import avg
+import iac
 from incremental_utils.environments import make_env
 from incremental_utils.errors import RunError
+from incremental_utils.flags import check_pixel_args
 from helpers import DISCRETE_ACTIONS, run_script, scalars
 from helpers import SCRIPTS
 
 
 def make(env_id, **fields):
-    return make_env(avg.Args(env=env_id, **fields), "avg")
+    args = avg.Args(env=env_id, **fields)
+    check_pixel_args(args)
+    return make_env(args, "avg", images=("camera",))
 
 
 def test_dict_observations_are_flattened_in_sorted_key_order():
@@ -37,8 +41,8 @@ def test_any_dict_of_boxes_is_flattened_and_images_are_refused():
     np.testing.assert_allclose(obs[:2], env.unwrapped.position)  # "position" sorts before "time"
     assert obs[2] == 0.0
     with pytest.raises(RunError, match="learns from vector observations; faulty_envs:ImageObservation-v0 "
-                                                 "has images"):
-        make("faulty_envs:ImageObservation-v0")
+                                                 "has images"):  # a script without the camera pipeline
+        make_env(iac.Args(env="faulty_envs:ImageObservation-v0"), "iac")
 
 
 def test_the_time_limit_is_a_truncation_that_bootstraps():

@@ -1,4 +1,4 @@
-"""Learning from pixels: the image observation pipeline (incremental_utils/pixels.py) against hand-written loops, the
+"""Learning from pixels: the image observation pipeline (incremental_utils/image_envs.py) against hand-written loops, the
 encoder copies of avg.py and stream_ac.py against sizes worked out by hand and a numpy spatial softmax, pixel scaling,
 the compiled update against the eager one on images, and the one-line refusals."""
 import importlib
@@ -11,21 +11,29 @@ import torch
 
 import tasks  # noqa: F401 (registers VisualDotReacher-v0)
 from helpers import assert_states_close, run_script, scalars
-from incremental_utils import pixels
+from incremental_utils import image_envs, observations
 from incremental_utils.compiling import CompiledUpdate, compile_update
 from incremental_utils.environments import make_env
 from incremental_utils.errors import RunError
+from incremental_utils.flags import check_pixel_args
 
 PIXEL_SCRIPTS = ["avg", "stream_ac"]
 
 
 def pixel_args(module="avg", env="VisualDotReacher-v0", **fields):
-    return importlib.import_module(module).Args(env=env, **fields)
+    """A pixel script's Args, its camera flags checked and resolved as the script's check_args() does."""
+    args = importlib.import_module(module).Args(env=env, **fields)
+    check_pixel_args(args)
+    return args
+
+
+def images_of(name):
+    return ("frames", "camera") if name == "stream_ac" else ("camera",)
 
 
 def pixel_env(env="VisualDotReacher-v0", **fields):
     """The environment as avg.py sees it with these flags."""
-    return make_env(pixel_args(env=env, **fields), "avg", pixels=True)
+    return make_env(pixel_args(env=env, **fields), "avg", images=("camera",))
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
@@ -34,7 +42,7 @@ def test_frame_stack_and_action_repeat_match_a_hand_written_loop():
     stepped by hand; the stacked image is the last three agent-step frames, channels first, oldest first; the reward
     is the sum over the repeats."""
     args = pixel_args(frame_stack=3, action_repeat=2)
-    env = make_env(args, "avg", pixels=True)
+    env = make_env(args, "avg", images=("camera",))
     assert env.observation_space["image"].shape == (9, 84, 84) and env.observation_space["proprio"].shape == (4,)
     raw = gym.make("VisualDotReacher-v0")
     obs, _ = env.reset(seed=3)
@@ -56,22 +64,27 @@ def test_frame_stack_and_action_repeat_match_a_hand_written_loop():
 
 
 def test_action_repeat_stops_at_the_episode_end():
-    env = pixels.ActionRepeat(gym.make("VisualDotReacher-v0"), 8)  # 100-step episodes: 12 repeats of 8, then 4
+    inner, alone = gym.make("VisualDotReacher-v0"), gym.make("VisualDotReacher-v0")
+    env = image_envs.ActionRepeat(inner, 8)  # 100-step episodes: 12 repeats of 8, then 4
     env.reset(seed=0)
-    steps, truncated = 0, False
+    alone.reset(seed=0)
+    steps, truncated, rewards = 0, False, []
     while not truncated:
-        _, _, _, truncated, _ = env.step(np.zeros(2, np.float32))
-        steps += 1
-    assert steps == 13 and env.unwrapped.__class__.__name__ == "DotReacher"
+        _, reward, _, truncated, _ = env.step(np.full(2, 0.3, np.float32))
+        steps, rewards = steps + 1, rewards + [reward]
+    assert steps == 13 and inner._elapsed_steps == 100  # the inner episode was not run past its end
+    each = [alone.step(np.full(2, 0.3, np.float32))[1] for _ in range(100)]  # the same episode, step by step
+    expected = [sum(each[i:i + 8]) for i in range(0, 100, 8)]
+    np.testing.assert_allclose(rewards, expected)  # each repeat's rewards summed, the last over its 4 steps
 
 
 def test_the_dmc_pixel_benchmarks_action_repeat_is_the_default_with_pixels_only():
-    avg = importlib.import_module("avg")
-    assert pixels.action_repeat(avg.Args(env="dm_control/reacher-easy-v0", pixels=True)) == 4
-    assert pixels.action_repeat(avg.Args(env="dm_control/finger-spin-v0", pixels=True)) == 2
-    assert pixels.action_repeat(avg.Args(env="dm_control/cartpole-swingup-v0", pixels=True)) == 8
-    assert pixels.action_repeat(avg.Args(env="dm_control/reacher-easy-v0")) == 1
-    assert pixels.action_repeat(avg.Args(env="dm_control/reacher-easy-v0", pixels=True, action_repeat=1)) == 1
+    """Resolved once, with the flags (so args.json records it), not when the environment is made."""
+    def repeat(**fields):
+        return pixel_args(env="dm_control/reacher-easy-v0", **fields).action_repeat
+    assert repeat(pixels=True) == 4 and repeat() == 1 and repeat(pixels=True, action_repeat=1) == 1
+    assert pixel_args(env="dm_control/finger-spin-v0", pixels=True).action_repeat == 2
+    assert pixel_args(env="dm_control/cartpole-swingup-v0", pixels=True).action_repeat == 8
 
 
 def test_a_dict_image_with_vectors_is_split_and_no_proprio_drops_the_vectors():
@@ -126,8 +139,10 @@ def test_encoder_sizes_worked_out_by_hand(name, shape, pad, maps):
     encoder = importlib.import_module(name).PixelEncoder(shape, pad)
     h, w = (maps, maps) if isinstance(maps, int) else maps
     assert encoder.convs(torch.zeros(1, shape[0], shape[1] - 2 * pad, shape[2] - 2 * pad)).shape == (1, 64, h, w)
-    assert encoder(torch.zeros(shape, dtype=torch.uint8)).shape == (128,) == (encoder.features,)
-    assert encoder(torch.zeros((5, *shape), dtype=torch.uint8)).shape == (5, 128)
+    channels = encoder.convs(torch.zeros(1, shape[0], shape[1] - 2 * pad, shape[2] - 2 * pad)).shape[1]
+    assert encoder(torch.zeros(shape, dtype=torch.uint8)).shape == (2 * channels,) == (128,)  # x and y per channel
+    assert encoder.features == 2 * channels  # what the trunk is sized by
+    assert encoder(torch.zeros((5, *shape), dtype=torch.uint8)).shape == (5, 2 * channels)
 
 
 class Fixed(torch.nn.Module):
@@ -173,11 +188,11 @@ def test_random_shift_crops_where_told_and_the_centre_otherwise(name):
 # ------------------------------------------------------------------------------------------------ the learners
 def make_pixel_learner(name, seed=0, **fields):
     module = importlib.import_module(name)
-    args = module.Args(env="VisualDotReacher-v0", hidden_size=32, **fields)
+    args = pixel_args(name, hidden_size=32, **fields)
     if name == "avg":
         module.resolve_hyperparams(args)
     torch.manual_seed(seed)
-    env = make_env(args, name, pixels=True)
+    env = make_env(args, name, images=images_of(name))
     return module, module.make_learner(env, args), env
 
 
@@ -185,7 +200,7 @@ def pixel_stream(module, learner, env, n, generator):
     """n updates on VisualDotReacher with random actions (the learner's own actions are not needed to compare)."""
     rng = np.random.default_rng(5)
     raw, _ = env.reset(seed=1)
-    raw_obs = pixels.as_observation(raw, learner.pad, generator)  # the first S, seen by neither learner's statistics
+    raw_obs = observations.as_observation(raw, learner.pad, generator)  # the first S, seen by neither learner's statistics
     obs = learner.normalize(raw_obs, learn=False) if module.__name__ == "avg" else \
         learner.observe(raw_obs, torch.tensor(-0.5), learn=False)
     act_dim = 2
@@ -219,7 +234,7 @@ def test_compiled_update_matches_eager_on_images(name, fields):
     def inputs(now, raw, reward, end, generator):
         if name == "avg":
             return module.step_inputs(now, raw, reward, end, generator, eager.pad)
-        return module.step_inputs(now, raw, reward, end, 0.1, torch.randn(2, generator=generator), generator, eager.pad)
+        return module.step_inputs(now, raw, reward, end, torch.randn(2, generator=generator), generator, eager.pad)
 
     step = compile_update(compiled, inputs(now, transitions[0][0], 0.0, False, torch.Generator()))
     assert isinstance(step, CompiledUpdate)
@@ -358,23 +373,27 @@ def test_a_mujoco_env_renders_the_same_frames_beside_another_made_closed_or_drop
     np.testing.assert_array_equal(frames(make()), reference)
 
 
-LEARNING_RUNS = {"avg": 40_000, "stream_ac": 32_000}
+# (steps, bound on the best 4k-step window, bound on the last): the bounds from every run made, seeds 1-3 on two
+# machines (docs/results.md, "Learning from pixels"). Stream AC(lambda) gets there in 24k steps in every seed (its
+# 20k-24k windows: -68, -62, -68), so it proves pixel learning in the default suite; AVG needs longer in some seeds
+# (seed 3 is still near random at 24k) and runs with -m slow.
+LEARNING_RUNS = {"avg": (40_000, -75, -95), "stream_ac": (24_000, -85, -95)}
 
 
-@pytest.mark.parametrize("name", PIXEL_SCRIPTS)
+@pytest.mark.parametrize("name", [pytest.param("avg", marks=pytest.mark.slow), "stream_ac"])
 def test_learns_visual_dot_reacher_from_pixels(name, tmp_path):
     """Compiled, defaults, seed 1. Random actions score -105.3 (400 episodes) and the mean of any 40 of their
-    episodes stays between -101 and -109; a learner gets some 4k-step window (40 episodes) above -75 and does not
-    end back near random. Where the first such window comes differs by seed, and a compiled run's trajectory differs
-    by CPU (one seed: -64.5 over 12k-16k steps on one machine, -97.8 on another), so the bounds are set by every run
-    made, seeds 1-3 on two machines (docs/results.md, "Learning from pixels"): the best window -48.2 to -23.2, the
-    last -70.9 to -23.2 for AVG; -57.0 to -52.0 and -60.2 to -55.0 for Stream AC(lambda)."""
-    steps = LEARNING_RUNS[name]
+    episodes stays between -101 and -109; a learner gets some 4k-step window (40 episodes) well above that and does
+    not end back near random. Where the first such window comes differs by seed, and a compiled run's trajectory
+    differs by CPU (one AVG seed: -64.5 over 12k-16k steps on one machine, -97.8 on another), so the bounds leave room
+    below every run made: AVG's best windows were -48.2 to -23.2 at 40k, its last -70.9 to -23.2; Stream AC(lambda)'s
+    best -68 to -62 by 24k."""
+    steps, best, last = LEARNING_RUNS[name]
     out = run_script(f"{name}.py", "--env", "VisualDotReacher-v0", "--total-timesteps", steps, "--seed", 1,
                      "--compile", "on", "--run-name", "learn", cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr
     returns = scalars(tmp_path / "runs" / "learn")["charts/episodic_return"]
     windows = [np.mean([value for step, value in returns if start < step <= start + 4000])
                for start in range(0, steps, 4000)]
-    assert max(windows) > -75, windows
-    assert windows[-1] > -95, windows
+    assert max(windows) > best, windows
+    assert windows[-1] > last, windows

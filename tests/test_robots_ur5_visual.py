@@ -1,6 +1,7 @@
 """UR5VisualReacher-v0: the simulated task (the arm's camera, the screen's target, the image reward) and the real path
-against stand-ins: ur_rtde's interfaces (test_robots_ur5.py's) and capture sources that deliver frames, and one that
-stalls. A stalled camera stops the arm exactly as a lost link does: a one-line RobotError, exit status 4 from a script."""
+against stand-ins: ur_rtde's interfaces (test_robots_ur5.py's) and capture sources that see what the arm's pose shows
+them, and ones that stall, freeze, raise or send frames of the wrong kind. A failing camera stops the arm exactly as a
+lost link does: a one-line RobotError, exit status 4 from a script."""
 import time
 
 import cv2
@@ -14,31 +15,49 @@ from robots_helpers import step_through_ctrl_c
 from test_robots_ur5 import HOST, StandInUR5, arm  # noqa: F401 (the fixture)
 
 
-def disc_frame(row, col, size=(360, 640)):
-    """A camera frame (BGR, as OpenCV gives them) of a white screen with a red disc."""
+def disc_frame(row, col, size=(360, 640), noise=None):
+    """A camera frame (BGR, as OpenCV gives them) of a white screen with a red disc, and sensor noise if given a
+    generator (a real camera's frames are never bit-identical)."""
     frame = np.full((*size, 3), 240, np.uint8)
     cv2.circle(frame, (col, row), 20, (0, 0, 255), -1)
+    if noise is not None:
+        frame = np.clip(frame.astype(np.int16) + noise.integers(-2, 3, frame.shape), 0, 255).astype(np.uint8)
     return frame
 
 
-class Capture:
-    """Stands in for cv2.VideoCapture: a frame every `period` seconds, `frames` of them (then it stalls: read() blocks
-    as a hung USB camera's does)."""
+PIXELS_PER_RAD = 1500.0  # how far the disc moves in the stand-in camera's view per radian of a moving joint
 
-    def __init__(self, frames=None, period=1 / 30, frame=None):
-        self.frames, self.period, self.frame = frames, period, disc_frame(180, 320) if frame is None else frame
-        self.delivered, self.released = 0, False
+
+class Capture:
+    """Stands in for cv2.VideoCapture on the arm's flange: a frame every `period` seconds showing the disc where the
+    arm's pose puts it (centred at the reference pose; moving the shoulder moves it across, the elbow up and down),
+    with sensor noise. After `frames` frames it stalls (read() blocks as a hung USB camera's does) or, with `fail`,
+    raises it; after `frozen` frames it repeats the last frame bit for bit. `frame` replaces the picture outright."""
+
+    def __init__(self, arm=None, frames=None, period=1 / 30, frame=None, frozen=None, fail=None):
+        self.arm, self.frames, self.period, self.fixed, self.frozen, self.fail = arm, frames, period, frame, frozen, fail
+        self.delivered, self.released, self.noise, self.last = 0, False, np.random.default_rng(0), None
 
     def isOpened(self):
         return True
 
+    def view(self):
+        if self.fixed is not None:
+            return self.fixed
+        offset = np.zeros(2) if self.arm is None else (self.arm.q[1:3] - ur5.REFERENCE_POSE[1:3]) * PIXELS_PER_RAD
+        return disc_frame(int(180 + offset[1]), int(320 + offset[0]), noise=self.noise)
+
     def read(self):
         if self.frames is not None and self.delivered >= self.frames:
+            if self.fail is not None:
+                raise self.fail
             time.sleep(0.05)  # stalled
             return False, None
         time.sleep(self.period)
         self.delivered += 1
-        return True, self.frame
+        if self.frozen is None or self.last is None or self.delivered <= self.frozen:
+            self.last = self.view()
+        return True, self.last
 
     def release(self):
         self.released = True
@@ -103,34 +122,65 @@ def test_a_camera_without_the_real_arm_or_the_real_arm_without_one_is_refused(ar
 
 # ------------------------------------------------------------------------------------------------ the real path
 def test_frames_flow_from_the_camera_to_the_observation_and_reward(arm):  # noqa: F811
-    capture, screen = Capture(), Screen()
+    capture, screen = Capture(arm), Screen()
     env = gym.make("UR5VisualReacher-v0", host=HOST, camera=capture, screen=screen)
     obs, _ = env.reset(seed=0)
     assert len(screen.shown) == 1 and all(0 <= v <= 1 for v in screen.shown[0])  # the target, on the screen
-    for _ in range(5):
-        obs, reward, *_ = env.step(np.array([0.1, -0.1]))
+    obs, reward, *_ = env.step(np.zeros(2))
     assert obs["image"].shape == (84, 84, 3)
-    assert reward == ur5_visual.centred_reward(obs["image"]) > 2.5  # the stand-in camera sees the disc centred
-    seen = ur5_visual.red_mask(obs["image"])
-    assert seen.any() and np.array_equal(obs["image"][42, 42], [255, 0, 0])  # RGB, not OpenCV's BGR
-    assert capture.delivered >= 5
+    assert reward == ur5_visual.centred_reward(obs["image"]) > 2.5  # at the reference pose the disc is centred
+    assert np.array_equal(obs["image"][42, 42], [255, 0, 0]) or np.abs(obs["image"][42, 42].astype(int) -
+                                                                         [255, 0, 0]).max() <= 3  # RGB, not BGR
+    for _ in range(10):  # the shoulder turns: the disc slides off the centre of the view, and the reward falls
+        obs, moved, *_ = env.step(np.array([0.3, 0.0]))
+    rows, cols = np.nonzero(ur5_visual.red_mask(obs["image"]))
+    assert cols.mean() > 45 and moved < reward - 0.5
+    assert capture.delivered >= 11
     env.close()
     assert capture.released
 
 
-def test_a_stalled_camera_stops_the_arm_like_a_lost_link(arm):  # noqa: F811
-    env = gym.make("UR5VisualReacher-v0", host=HOST, camera=Capture(frames=25), screen=Screen())
+def stop_after_last_command(arm):  # noqa: F811
+    """The time of the arm's speedStop that followed its last speedJ (None if it was not stopped after it)."""
+    calls = list(zip(arm.names(), arm.times))
+    last_command = max(i for i, (name, _) in enumerate(calls) if name == "speedJ")
+    return next((t for name, t in calls[last_command:] if name == "speedStop"), None)
+
+
+@pytest.mark.parametrize("capture, words", [
+    (lambda arm: Capture(arm, frames=25), r"camera .*: no new frame for \d+ ms \(stalled or disconnected\)"),
+    (lambda arm: Capture(arm, frozen=25), r"camera .*: frozen, the same frame for \d+ ms"),
+    (lambda arm: Capture(arm, frames=25, fail=OSError("VIDIOC_DQBUF: No such device")),
+     r"camera .*: the capture raised OSError: VIDIOC_DQBUF: No such device")])
+def test_a_failing_camera_stops_the_arm_like_a_lost_link_and_says_how(arm, capture, words):  # noqa: F811
+    """Stalled, frozen (the same frame again and again) or raising: the arm is stopped by the step that finds it, before
+    anything closes the environment, and the one-line error says which it was."""
+    feed = capture(arm)
+    env = gym.make("UR5VisualReacher-v0", host=HOST, camera=feed, screen=Screen())
     env.reset(seed=0)
-    with pytest.raises(robots.RobotError, match=r"camera .*: no new frame for \d+ ms") as error:
+    working = time.monotonic()
+    with pytest.raises(robots.RobotError, match=words) as error:
         for _ in range(100):
             env.step(np.array([0.2, 0.0]))
-    assert "\n" not in str(error.value)
-    names = arm.names()
-    assert "speedStop" in names[names.index("speedJ"):]  # the arm was stopped
+            working = time.monotonic()  # the last step that found the camera working
+    assert "\n" not in str(error.value) and str(error.value).endswith("the arm was stopped")
+    stopped = stop_after_last_command(arm)
+    assert stopped is not None and stopped > working  # stopped by the failing step, not by close() (not yet called)
+    assert 20 <= feed.delivered <= 40  # it failed where the camera did, not before
     time.sleep(0.1)
     arm.call("poll", control=False)
     assert np.abs(arm.qd).max() < 1e-9
     env.close()
+
+
+@pytest.mark.parametrize("frame, words", [
+    (np.full((360, 640), 128, np.uint8), r"shape \(360, 640\) and dtype uint8"),
+    (np.zeros((1, 1, 3), np.uint8), r"shape \(1, 1, 3\)"),
+    (np.zeros((360, 640, 3), np.float32), r"dtype float32")])
+def test_frames_that_are_not_colour_images_are_refused_in_one_line(arm, frame, words):  # noqa: F811
+    with pytest.raises(robots.RobotError, match="must be colour images of 8-bit pixels.*" + words) as error:
+        gym.make("UR5VisualReacher-v0", host=HOST, camera=Capture(arm, frame=frame), screen=Screen())
+    assert "\n" not in str(error.value)
 
 
 def test_a_camera_that_never_delivers_is_refused_at_the_start(arm, monkeypatch):  # noqa: F811
@@ -140,7 +190,7 @@ def test_a_camera_that_never_delivers_is_refused_at_the_start(arm, monkeypatch):
 
 
 def test_ctrl_c_inside_a_step_stops_the_arm(arm):  # noqa: F811
-    env = gym.make("UR5VisualReacher-v0", host=HOST, camera=Capture(), screen=Screen())
+    env = gym.make("UR5VisualReacher-v0", host=HOST, camera=Capture(arm), screen=Screen())
     env.reset(seed=0)
     env.step(np.array([0.2, 0.0]))
     step_through_ctrl_c(env, np.array([0.2, 0.0]))

@@ -23,8 +23,8 @@ from incremental_utils.errors import EXIT_CODES, RunError
 from incremental_utils.project import algorithm_scripts
 from incremental_utils import logs
 from incremental_utils.logs import RunLog
-from incremental_utils.run import Run
-from incremental_utils.updates import MetricSums
+from incremental_utils.run import Run, nonfinite_input
+from incremental_utils.metrics import MetricSums
 
 import faulty_envs  # noqa: F401 (registers Point-v0 and the faulty environments)
 
@@ -77,6 +77,7 @@ def train(args, fault_at=None, fault=None, checkpoint=None):
         run.reset_env()
         while run.running():
             raw_next_obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            seen = run.count_step(reward, raw_next_obs)
             if run.global_step == fault_at:
                 if fault == "crash":
                     raise RuntimeError("the simulator blew up")
@@ -86,7 +87,8 @@ def train(args, fault_at=None, fault=None, checkpoint=None):
                     run.stop_signal = signal.SIGINT
                 if fault == "sigterm":
                     run.stop_signal = signal.SIGTERM
-            out = run.step(update, Step(torch.from_numpy(raw_next_obs)))
+            out = run.step(update, Step(torch.from_numpy(raw_next_obs))) if seen else None
+            run.log_window()
             if run.episode_over(out, terminated, truncated):
                 run.end_episode(info)
                 run.reset_env()
@@ -163,14 +165,18 @@ def test_console_line_says_speed_and_time_left_from_recent_throughput(monkeypatc
 
 
 @pytest.mark.parametrize("env, fault, code, step, message", [
-    ("Crash-v0", None, 1, 49, "tiny.py: failed at step 49 (above); resume with: python tiny.py --resume runs/end"),
+    ("Crash-v0", None, 1, 49, "tiny.py: failed at step 49 (above), outside the update; the state before this step is "
+                              "saved in runs/end/checkpoints/step_000000000049.pt and resuming is safe: python tiny.py "
+                              "--resume runs/end"),
     ("Point-v0", "robot", 4, 30, "tiny.py: robot error at step 30: lost the robot; resume with: python tiny.py "
                                  "--resume runs/end"),
     ("NanReward-v0", None, 3, 50, "tiny.py: non-finite reward at step 50; the update was not applied and the last "
                                   "good state is saved"),
-    ("Point-v0", "sigint", 130, 30, "tiny.py: stopped by SIGINT at step 30; resume with: python tiny.py --resume "
+    ("Point-v0", "sigint", 130, 30, "tiny.py: stopped by SIGINT at step 30; checkpoint written to "
+                                    "runs/end/checkpoints/step_000000000030.pt; resume with: python tiny.py --resume "
                                     "runs/end"),
-    ("Point-v0", "sigterm", 143, 30, "tiny.py: stopped by SIGTERM at step 30; resume with: python tiny.py --resume "
+    ("Point-v0", "sigterm", 143, 30, "tiny.py: stopped by SIGTERM at step 30; checkpoint written to "
+                                     "runs/end/checkpoints/step_000000000030.pt; resume with: python tiny.py --resume "
                                      "runs/end")])
 def test_every_way_a_run_ends_saves_its_state_and_says_why(capsys, env, fault, code, step, message):
     run, exit_code = train(Args(env=f"faulty_envs:{env}", total_timesteps=100, run_name="end", log_every=10),
@@ -305,8 +311,65 @@ def test_robot_flags_apply_only_to_robot_environments():
 
 def test_an_unwritable_run_directory_is_one_line(tmp_path):
     (tmp_path / "runs").write_text("a file where the log directory should be")
+    run = Run("tiny", Args(env="faulty_envs:Point-v0", run_name="x"))
+    run.make_env()
     with pytest.raises(RunError, match="cannot write the run directory runs/x"):
-        Run("tiny", Args(run_name="x"))
+        run.start(Learner())
+
+
+def test_a_refused_run_leaves_no_run_directory_behind(tmp_path):
+    """Bad flags and unusable environments are refused before anything is written."""
+    run = Run("tiny", Args(env="CartPole-v1", run_name="refused"))
+    with pytest.raises(RunError, match="needs a continuous"):
+        run.make_env()
+    assert not (tmp_path / "runs").exists()
+
+
+class Exploding(Learner):
+    """A learner whose update raises halfway, after one of its writes: what a bug in an edited update does."""
+
+    def forward(self, s: Step):
+        self.sum_obs += s.obs
+        if self.sum_obs.abs().sum() > 0 and int(self.explode_at) == 0:
+            raise ValueError("a bug in the edited update")
+        self.explode_at -= 1
+        self.metrics.add(torch.tensor(True), {"losses/critic_loss": s.obs.square().sum()})
+        return Out(torch.isfinite(s.obs).all())
+
+
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_an_update_that_raises_shows_its_traceback_and_saves_no_half_written_state(capsys, checkpointed):
+    """An exception inside the update: the traceback, nothing saved of the half-updated learner, and the way back,
+    the last checkpoint if there is one. (An exception outside the update saves the state: see the test above.)"""
+    args = Args(env="faulty_envs:Point-v0", total_timesteps=100, run_name="bug", checkpoint_every=20 if checkpointed
+                else 0)
+    run = Run("tiny", args)
+    env = run.make_env()
+    learner = Exploding(env.observation_space.shape[0])
+    learner.register_buffer("explode_at", torch.tensor(45))
+    run.start(learner, "stand-in")
+    update = run.compile(learner, Step(torch.zeros(3, dtype=torch.float64)))
+    with run.guard():
+        run.reset_env()
+        while run.running():
+            raw_next_obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            out = run.step(update, Step(torch.from_numpy(raw_next_obs))) if run.count_step(reward, raw_next_obs) \
+                else None
+            run.log_window()
+            if run.episode_over(out, terminated, truncated):
+                run.end_episode(info)
+                run.reset_env()
+    assert run.finish() == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ValueError: a bug in the edited update" in err
+    saved = sorted((run.dir / "checkpoints").glob("step_*.pt"))
+    assert [p.name for p in saved] == (["step_000000000020.pt", "step_000000000040.pt"] if checkpointed else [])
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tiny.py: the update raised at step 46 (above), so the learner may be half-updated and "
+                           "its state was not saved; ")
+    assert last.endswith("resuming from the last checkpoint, step_000000000040.pt, is safe: python tiny.py --resume "
+                         "runs/bug" if checkpointed else "no checkpoint was written before it, so there is nothing to "
+                         "resume")
 
 
 @pytest.mark.parametrize("reward, obs, culprit", [
@@ -316,11 +379,12 @@ def test_an_unwritable_run_directory_is_one_line(tmp_path):
     (1.0, np.ones((10, 10, 4), dtype=bool), None), (1.0, np.full(4, 255, dtype=np.uint8), None),
     (np.float32(2.0), [0.0, 1.0], None)])
 def test_count_step_names_the_non_finite_input_as_the_learner_would_see_it(reward, obs, culprit):
-    counter = type("Counter", (), {"count_step": Run.count_step})()
-    counter.global_step = counter.episode_length = 0
-    counter.episode_return = 0.0
-    assert counter.count_step(reward, obs) == culprit
-    assert counter.global_step == 1 and counter.episode_return == (float(reward) if culprit != "reward" else 0.0)
+    assert nonfinite_input(reward, obs) == culprit
+    run = Run("tiny", Args(env="faulty_envs:Point-v0", on_nonfinite="skip"))
+    run.stage = "looping"  # count_step alone, outside a loop
+    assert run.count_step(reward, obs) == (culprit is None)
+    assert run.global_step == run.episode_length == 1 and run.skipped == (culprit is not None)
+    assert run.episode_return == (float(reward) if culprit != "reward" else 0.0)
 
 
 def test_default_run_name_writes_a_namespaced_env_id_flat_as_sweep_does():
@@ -364,3 +428,27 @@ def test_skip_mode_skips_the_update_and_ends_the_episode_at_a_non_finite_input(e
     lengths = [int(v) for _, v in scalars(run.dir)["charts/episodic_length"]]
     assert lengths[:3] == [20, 20, 10]  # the third episode ended at step 50, where the bad value came
     assert run.learner.sum_obs.isfinite().all()  # the learner never saw it
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+def test_a_torch_outside_the_tested_releases_runs_eager_or_stops_in_one_line(monkeypatch, capsys, mode):
+    monkeypatch.setattr(torch, "__version__", "2.99.0")
+    run = Run("tiny", Args(env="faulty_envs:Point-v0", total_timesteps=20_000, run_name="fence", compile=mode))
+    run.make_env()
+    learner = Learner()
+    run.start(learner)
+    if mode == "on":
+        with pytest.raises(RunError, match=r"compiling the update failed \(torch 2\.99\.0 is not a release the compiled "
+                                           r"update is tested with \(2\.13\), and it rests on torch internals\)"):
+            run.compile(learner, Step(torch.zeros(3, dtype=torch.float64)))
+        return
+    assert run.compile(learner, Step(torch.zeros(3, dtype=torch.float64))) is learner
+    why = json.loads((run.dir / "args.json").read_text())["update"]
+    assert why == {"compiled": False, "why": "--compile auto: compiling failed (torch 2.99.0 is not a release the "
+                                             "compiled update is tested with (2.13), and it rests on torch internals)"}
+    out = capsys.readouterr()
+    assert "compiling the update (in a child" not in out.out
+    assert out.err.count("\n") == 1 and "warning: the update runs eager" in out.err
+    with run.guard():
+        pass
+    run.finish()

@@ -141,7 +141,9 @@ def test_an_environment_crash_shows_its_traceback_and_keeps_the_run(tmp_path, al
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert "RuntimeError: the simulator blew up" in out.stderr and "Traceback" in out.stderr
-    assert lines[-1] == f"{algo}.py: failed at step 49 (above); resume with: python {REPO / algo}.py --resume runs/crash"
+    assert lines[-1] == (f"{algo}.py: failed at step 49 (above), outside the update; the state before this step is "
+                         "saved in runs/crash/checkpoints/step_000000000049.pt and resuming is safe: python "
+                         f"{REPO / algo}.py --resume runs/crash")
     checkpoint, _ = load_checkpoint(algo, tmp_path / "runs" / "crash")
     assert checkpoint["global_step"] == 49 and checkpoint["mid_episode"]
 

@@ -23,7 +23,7 @@ def test_a_run_that_fell_back_to_eager_is_refused_as_a_compiled_measurement(tmp_
             proc.send_signal(signal.SIGINT)
             break
     _, stderr = proc.communicate(timeout=120)
-    assert "warning: compiling the update failed" in stderr and "running it uncompiled" in stderr
+    assert "warning: the update runs eager, 4-8 times slower: compiling failed" in stderr
     run_dir = tmp_path / "runs" / "fell_back"
     update = json.loads((run_dir / "args.json").read_text())["update"]
     assert update["compiled"] is False and "InvalidCxxCompiler" in update["why"]

@@ -117,9 +117,9 @@ def test_cli_draws_figure_and_table_from_real_and_synthetic_runs(runs):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in result.stdout.splitlines()
             if line.startswith("| ") and not line.startswith("| environment")}
-    assert rows[("Synth-v0", "a")] == "| Synth-v0 | a | 3 | 39.1 | [14.3, 63.9] | 900-1k |"
+    assert rows[("Synth-v0", "a")] == "| Synth-v0 | a | 3 | 39.1 | [14.3, 63.9] | 900-1k | environment steps |"
     assert rows[("Synth-v0", "b")].startswith("| Synth-v0 | b | 2 (1 unfinished) | 290.0 | ")
-    assert rows[("Other-v0", "c")] == "| Other-v0 | c | 1 | -5.0 | n/a (1 run) | 900-1k |"
+    assert rows[("Other-v0", "c")] == "| Other-v0 | c | 1 | -5.0 | n/a (1 run) | 900-1k | environment steps |"
     # The real run: three episodes, at steps 200, 400 and 600; its final window (540, 600] holds the last one,
     # read here record by record, without TensorBoard's accumulator that plot.py uses.
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
@@ -131,7 +131,7 @@ def test_cli_draws_figure_and_table_from_real_and_synthetic_runs(runs):
             if value.tag == "charts/episodic_return":
                 returns[event.step] = value.simple_value
     assert sorted(returns) == [200, 400, 600]
-    assert rows[("Pendulum-v1", "avg")] == f"| Pendulum-v1 | avg | 1 | {returns[600]:.1f} | n/a (1 run) | 540-600 |"
+    assert rows[("Pendulum-v1", "avg")] == f"| Pendulum-v1 | avg | 1 | {returns[600]:.1f} | n/a (1 run) | 540-600 | environment steps |"
     assert (runs / "table.md").read_text().strip() == result.stdout.split("\n\nwrote")[0].strip()
 
 
@@ -204,3 +204,41 @@ def test_segment_table_counts_and_averages_the_episodes_ending_in_each_segment(r
     assert rows[("a", "2", "share above 35")] == ["0.00", "0.00", "0.50", "1.00"]  # 20 + step / 50 > 35: step > 750
     assert rows[("b", "2", "episodes")] == ["30", "20", "0", "0"]
     assert rows[("b", "2", "mean return")][2:] == ["-", "-"]
+
+
+def test_steps_are_labelled_as_what_the_runs_count_and_kept_in_the_exported_episodes(tmp_path):
+    """A run with an action repeat counts agent steps: args.json's action_repeat labels the axis and the table, and
+    an exported episodes file keeps it (a file without it counts environment steps)."""
+    for seed, repeat in ((1, 4), (2, 4)):
+        write_run(tmp_path / "runs" / f"p{seed}", STEPS, STEPS / 10.0,
+                  {"env": "Pix-v0", "exp_name": "pixels", "seed": seed, "action_repeat": repeat})
+    runs = plot.load_runs([tmp_path / "runs"], log=open("/dev/null", "w"))
+    assert [r.action_repeat for r in runs] == [4, 4]
+    assert plot.step_unit(runs) == "agent steps (each 4 environment steps)"
+    assert plot.step_unit([plot.Run(Path("x"), "E", "e", 1, STEPS, STEPS, True)]) == "environment steps"
+    assert plot.step_unit([*runs, plot.Run(Path("x"), "E", "e", 1, STEPS, STEPS, True)]) == \
+        "agent steps (action repeat 1/4)"
+    lengths = np.full(len(STEPS), 10)
+    plot.write_episodes(plot.Run(runs[0].path, "Pix-v0", "pixels", 1, STEPS, STEPS / 10.0, True, lengths, 4),
+                        tmp_path / "p.csv.gz")
+    assert plot.load_runs([tmp_path / "p.csv.gz"])[0].action_repeat == 4
+    table = plot.markdown_table(plot.group_runs(runs))
+    assert "| steps counted |" in table and "| agent steps (each 4 environment steps) |" in table
+
+
+@pytest.mark.parametrize("n_runs, bands", [(2, 0), (3, 1)])
+def test_a_group_of_fewer_than_three_runs_is_drawn_run_by_run_without_a_band(tmp_path, monkeypatch, n_runs, bands):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+    filled, lines = [], []
+    monkeypatch.setattr(Axes, "fill_between", lambda self, *a, **k: filled.append(a))
+    plot_line = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: lines.append(a) or plot_line(self, *a, **k))
+    for seed in range(1, n_runs + 1):
+        write_run(tmp_path / "runs" / f"r{seed}", STEPS, STEPS / 10.0 + seed, {"env": "E-v0", "exp_name": "e",
+                                                                               "seed": seed})
+    groups = plot.group_runs(plot.load_runs([tmp_path / "runs"], log=open("/dev/null", "w")))
+    plot.draw(groups, tmp_path / "fig", formats=("png",))
+    assert len(filled) == bands
+    assert len(lines) == 2 + (n_runs if n_runs < 3 else 0)  # the mean (dotted and solid), and each run's below 3

@@ -10,7 +10,7 @@ import torch
 import stream_ac
 from incremental_utils.checkpoints import load_checkpoint
 from incremental_utils.compiling import CompiledUpdate, compile_update
-from incremental_utils.updates import ObGD
+from incremental_utils.optimizers import ObGD
 from helpers import assert_states_close, run_script, scalars
 
 GAMMA, LAMBDA = 0.99, 0.8
@@ -22,8 +22,8 @@ def make_learner(obs_dim=5, act_dim=2, seed=0, **overrides):
 
 
 def random_transitions(n, obs_dim=5, act_dim=2, seed=1, episode_length=7):
-    """(raw S', R, terminated, time feature of S', noise); every other episode ends by termination, the others by
-    truncation (the caller ends them)."""
+    """(raw S', R, terminated, time feature of S' for a learner that ends its episodes at `ends`, noise, ends); every
+    other episode ends by termination, the others by truncation (the caller ends them)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
@@ -39,7 +39,7 @@ def run_stream(step, learner, transitions):
     obs, sample = learner.observe(torch.zeros(learner.obs_stats.mean.shape[0], dtype=torch.float64),
                                   torch.tensor(-0.5)), torch.zeros(learner.action_low.shape[0])
     for raw, r, term, t, noise, ends in transitions:
-        action, sample, obs, ok = step(stream_ac.StepInputs(obs, sample, raw, r, term, t, noise))
+        action, sample, obs, ok = step(stream_ac.StepInputs(obs, sample, raw, r, term, noise))
         if ends:
             learner.end_episode()
     return obs, sample, action
@@ -224,6 +224,21 @@ def test_reward_scaling_matches_numpy_on_a_fixed_stream():
     np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
+def test_the_time_feature_counts_the_learners_own_steps_and_restarts_each_episode():
+    """-0.5 + t / time limit, t the steps since the episode began, counted by the learner's update (no one else's
+    counter): after the k-th update of an episode, S' carries k / 1000 - 0.5."""
+    learner = make_learner()
+    transitions = random_transitions(10)  # 7-step episodes
+    obs, sample = learner.observe(torch.zeros(5, dtype=torch.float64), torch.tensor(-0.5)), torch.zeros(2)
+    seen = []
+    for raw, r, term, t, noise, ends in transitions:
+        _, sample, obs, _ = learner(stream_ac.StepInputs(obs, sample, raw, r, term, noise))
+        seen.append(round(obs[-1].item() * 1000 + 500))
+        if ends:
+            learner.end_episode()
+    assert seen == [1, 2, 3, 4, 5, 6, 7, 1, 2, 3]
+
+
 def test_observation_gets_normalised_then_the_time_feature_appended():
     learner = make_learner(obs_dim=3)
     xs = np.random.default_rng(6).normal(5, 3, size=(20, 3))
@@ -237,7 +252,8 @@ def test_observation_gets_normalised_then_the_time_feature_appended():
 
 
 def reference_update(learner, obs, sample, raw_next_obs, reward, terminated, next_t):
-    """One Stream AC(lambda) update the usual way: modules, .backward(), torch.distributions, p.grad."""
+    """One Stream AC(lambda) update the usual way: modules, .backward(), torch.distributions, p.grad; S' with the time
+    feature next_t."""
     actor, critic = copy.deepcopy(learner.actor).requires_grad_(True), copy.deepcopy(learner.critic).requires_grad_(True)
     next_obs = learner.observe(raw_next_obs, next_t)
     if learner.reward_scale:
@@ -267,9 +283,10 @@ def test_one_stream_ac_update_matches_a_plain_autograd_implementation(terminated
     raw, _, _, t, noise, _ = random_transitions(1, seed=9)[0]
     r, term = torch.tensor(reward), torch.tensor(terminated)
     before = copy.deepcopy(learner)
-    actor, critic, delta = reference_update(learner, obs, sample, raw, r, term, t)
+    assert t.item() == pytest.approx(1 / 1000 - 0.5)  # a first step's, not this one's (the third of its episode)
+    actor, critic, delta = reference_update(learner, obs, sample, raw, r, term, torch.tensor(3 / 1000 - 0.5))
     assert np.sign(delta.item()) == np.sign(reward)
-    before(stream_ac.StepInputs(obs, sample, raw, r, term, t, noise))
+    before(stream_ac.StepInputs(obs, sample, raw, r, term, noise))
     for ours, ref in [(before.actor, actor), (before.critic, critic)]:
         for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
             torch.testing.assert_close(p, q.detach(), rtol=1e-4, atol=1e-6, msg=name)
@@ -297,7 +314,7 @@ def test_compiled_update_matches_eager_over_many_updates(optimizer):
     eager, compiled = make_learner(seed=4, optimizer=optimizer), make_learner(seed=4, optimizer=optimizer)
     transitions = random_transitions(300, seed=5)
     raw, r, term, t, noise, _ = transitions[0]
-    step = compile_update(compiled, stream_ac.StepInputs(torch.zeros(6), torch.zeros(2), raw, r, term, t, noise))
+    step = compile_update(compiled, stream_ac.StepInputs(torch.zeros(6), torch.zeros(2), raw, r, term, noise))
     assert isinstance(step, CompiledUpdate)
     *_, a_eager = run_stream(eager, eager, transitions)
     *_, a_compiled = run_stream(step, compiled, transitions)
@@ -349,14 +366,13 @@ def test_discrete_compiled_update_matches_eager_on_minatar_planes():
     stream = [((torch.rand(10, 10, 4, generator=g) < 0.2).double(), torch.randn((), generator=g),
                torch.tensor(float(i % 29 == 28)), torch.rand((), generator=g)) for i in range(150)]
     step = compile_update(compiled, stream_ac.StepInputs(torch.zeros(4, 10, 10), torch.tensor(0), stream[0][0],
-                                                         stream[0][1], stream[0][2], torch.tensor(0.0), stream[0][3]))
+                                                         stream[0][1], stream[0][2], stream[0][3]))
     assert isinstance(step, CompiledUpdate)
     actions = []
     for learner, fn in ((eager, eager), (compiled, step)):
         obs, sample, taken = torch.zeros(4, 10, 10), torch.tensor(0), []
         for raw, reward, terminated, noise in stream:
-            action, sample, obs, ok = fn(stream_ac.StepInputs(obs, sample, raw, reward, terminated, torch.tensor(0.0),
-                                                              noise))
+            action, sample, obs, ok = fn(stream_ac.StepInputs(obs, sample, raw, reward, terminated, noise))
             taken.append(int(action))
             if terminated:
                 learner.end_episode()
@@ -365,11 +381,16 @@ def test_discrete_compiled_update_matches_eager_on_minatar_planes():
     assert_states_close(eager, compiled)
 
 
-@pytest.mark.parametrize("env", ["CartPole-v1", "MinAtar/Breakout-v1"])
-def test_discrete_stream_ac_runs_end_to_end(tmp_path, env):
+@pytest.mark.parametrize("env, n_actions", [("CartPole-v1", 2), ("MinAtar/Breakout-v1", 3)])
+def test_discrete_stream_ac_runs_end_to_end(tmp_path, env, n_actions):
+    """The logged entropy is the categorical's over the env's own actions: at most log(n), and near it over the first
+    window, while the sparse-initialised policy is still close to uniform (a Gaussian's or a wrongly summed entropy
+    is neither)."""
     out = run_script("stream_ac.py", "--env", env, "--total-timesteps", 600, "--log-every", 200, "--compile", "off",
                      "--run-name", "d", "--save-model", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     logs = scalars(tmp_path / "runs" / "d")
     assert [step for step, _ in logs["losses/actor_loss"]] == [200, 400, 600]
-    assert all(0 < value <= np.log(6) + 1e-6 for _, value in logs["health/entropy"])  # a categorical's entropy
+    entropies = [value for _, value in logs["health/entropy"]]
+    assert all(0 < value <= np.log(n_actions) + 1e-6 for value in entropies), entropies
+    assert entropies[0] > 0.9 * np.log(n_actions), entropies

@@ -75,7 +75,7 @@ def run_updates(learner, transitions):
         networks.append(copy.deepcopy(learner.q_net))
         next_action, next_greedy, next_obs, ok = learner(stream_q.StepInputs(
             obs, torch.tensor(action), torch.tensor(greedy), raw_next, torch.tensor(reward), torch.tensor(0.0),
-            torch.tensor(0.1), torch.tensor(0.9), torch.tensor(0), torch.tensor(0.5)))
+            torch.tensor(0.9), torch.tensor(0), torch.tensor(0.5)))
         assert ok
         traces.append({k: v.clone() for k, v in learner.opt.trace.named_parameters()})
         obs = next_obs
@@ -117,8 +117,8 @@ def test_one_update_matches_a_plain_implementation():
         obs, next_obs = torch.randn(4), torch.randn(4, dtype=torch.float64)
         explore, random_action = torch.tensor(0.9), torch.tensor(2)  # coin 0.9 > epsilon 0.5: greedy next action
         next_action, _, _, ok = learner(stream_q.StepInputs(obs, torch.tensor(1), torch.tensor(True), next_obs,
-                                                            torch.tensor(0.7), torch.tensor(0.0), torch.tensor(0.0),
-                                                            explore, random_action, torch.tensor(0.5)))
+                                                            torch.tensor(0.7), torch.tensor(0.0), explore,
+                                                            random_action, torch.tensor(0.5)))
         net = copy.deepcopy(before).requires_grad_(True)
         q = net(obs)[1]
         grads = torch.autograd.grad(q, list(net.parameters()))
@@ -146,16 +146,15 @@ def test_compiled_update_matches_eager_over_many_updates(obs_shape, sarsa):
                torch.tensor(float(i % 37 == 36)), torch.rand((), generator=g), torch.randint(3, (), generator=g))
               for i in range(200)]
     example = stream_q.StepInputs(torch.zeros(in_shape), torch.tensor(0), torch.tensor(True), stream[0][0],
-                                  stream[0][1], stream[0][2], torch.tensor(0.0), stream[0][3], stream[0][4],
-                                  torch.tensor(0.3))
+                                  stream[0][1], stream[0][2], stream[0][3], stream[0][4], torch.tensor(0.3))
     step = compile_update(compiled, example)
     assert isinstance(step, CompiledUpdate)
     results = []
     for learner, fn in ((eager, eager), (compiled, step)):
         obs, action, greedy = torch.zeros(in_shape), torch.tensor(0), torch.tensor(True)
         for i, (raw, reward, terminated, coin, rand) in enumerate(stream):
-            action, greedy, obs, ok = fn(stream_q.StepInputs(obs, action, greedy, raw, reward, terminated,
-                                                             torch.tensor(0.1 * (i % 37)), coin, rand, torch.tensor(0.3)))
+            action, greedy, obs, ok = fn(stream_q.StepInputs(obs, action, greedy, raw, reward, terminated, coin, rand,
+                                                             torch.tensor(0.3)))
             if terminated:
                 learner.end_episode()
         results.append(action)

@@ -1,4 +1,4 @@
-"""Image observations for the scripts that learn from pixels: an environment whose observation is an image (uint8,
+"""The environment wrappers of the scripts that learn from pixels: an environment whose observation is an image (uint8,
 H x W x C) or a Dict of one image and vectors, or, with --pixels, any environment that can render, becomes one that
 gives {"image": the last --frame-stack frames, uint8, channels first (K*C, H, W), "proprio": the vectors, float64,
 flattened in key order (empty with --no-proprio)}. --action-repeat repeats each action, rewards summed, and renders
@@ -6,11 +6,8 @@ only the frame the agent sees. Problems are one-line RunErrors."""
 import importlib
 import os
 
-from typing import NamedTuple
-
 import gymnasium as gym
 import numpy as np
-import torch
 
 from .errors import RunError
 
@@ -24,17 +21,6 @@ def box_leaves(space):
     if isinstance(space, gym.spaces.Dict):
         return [leaf for part in space.spaces.values() for leaf in box_leaves(part)]
     return [space]
-# The pixel benchmarks' action repeat per DeepMind Control domain (DrQ, CURL, RAD); other domains and tasks: 1.
-DMC_ACTION_REPEAT = {"cartpole": 8, "reacher": 4, "cheetah": 4, "cup": 4, "ball_in_cup": 4, "finger": 2, "walker": 2}
-
-
-def action_repeat(args):
-    """--action-repeat, or unset: the pixel benchmarks' value for a dm_control task with --pixels, else 1."""
-    if args.action_repeat is not None:
-        return args.action_repeat
-    if args.pixels and args.env.startswith("dm_control/"):
-        return DMC_ACTION_REPEAT.get(args.env.split("/", 1)[1].split("-")[0], 1)
-    return 1
 
 
 def images_in(space):
@@ -231,29 +217,8 @@ class ActionRepeat(gym.Wrapper):
 def pixel_observations(env, env_id, args):
     """The environment as the pixel learners see it (see the module docstring); `env` renders if --pixels (and repeats
     its actions already, if asked)."""
-    if args.frame_stack < 1:
-        raise RunError(f"--frame-stack must be at least 1, got {args.frame_stack}")
-    if args.image_size < MIN_SIDE:
-        raise RunError(f"--image-size must be at least {MIN_SIDE} (the encoder's smallest image), got {args.image_size}")
     if args.pixels:
         if images_in(env.observation_space):
             raise RunError(f"--pixels: {env_id} has a camera image already; run it without --pixels")
         env = RenderedImage(env, args.image_size, env_id, args.fast_render)
     return FrameStack(ImageAndVector(env, env_id, args.proprio), args.frame_stack)
-
-
-class Observation(NamedTuple):
-    """A camera observation as a pixel learner reads it (vector observations stay plain tensors). A field of the
-    update's inputs like any other: the compiler takes nested NamedTuples of tensors."""
-    image: torch.Tensor   # the last --frame-stack frames, uint8, channels first; the encoder scales them to [0, 1]
-    vector: torch.Tensor  # the proprioception: float64 as observed, then as the learner normalises it
-    shift: torch.Tensor   # (2,) where an update crops this image with --augment shift (drawn when it is observed)
-
-
-def as_observation(raw, pad=0, generator=None):
-    """An observation as tensors: a vector as float64, or (a dict from pixel_observations) an Observation whose crop
-    offset is drawn from `generator`, uniformly in [0, 2 pad] each way (zeros, and no draw, when pad is 0)."""
-    if not isinstance(raw, dict):
-        return torch.as_tensor(raw, dtype=torch.float64)
-    shift = torch.randint(2 * pad + 1, (2,), generator=generator) if pad else torch.zeros(2, dtype=torch.long)
-    return Observation(torch.as_tensor(raw[IMAGE]), torch.as_tensor(raw[VECTOR], dtype=torch.float64), shift)
