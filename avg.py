@@ -1,10 +1,8 @@
-"""Action Value Gradient (AVG): incremental deep actor-critic with no replay buffer, no target network and
-no batch update. One update per environment step, on the latest transition only.
+"""Action Value Gradient (AVG): incremental deep actor-critic with no replay buffer, no target network and no batch
+update. One update per environment step, on the latest transition only:  python avg.py --env Hopper-v4
 
-    python avg.py --env Hopper-v4
-
-Vasan et al., "Deep Policy Gradient Methods Without Batch Updates, Target Networks, or Replay Buffers",
-NeurIPS 2024 (arXiv 2411.15370). Definitions and hyperparameters: docs/algorithms.md sections 1-4. This file holds
+Vasan et al., "Deep Policy Gradient Methods Without Batch Updates, Target Networks, or Replay Buffers", NeurIPS 2024
+(arXiv 2411.15370). Definitions and hyperparameters: docs/algorithms.md 1-4 (10: the plasticity flags). This file holds
 the algorithm (hyperparameters, statistics, networks, the update, the loop); the run machinery is in incremental_utils/.
 """
 import copy
@@ -19,19 +17,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from incremental_utils.encoders import camera_encoders, network_input
 from incremental_utils.errors import one_line_errors
-from incremental_utils.flags import PixelArgs, RunArgs, check_args, flags_given, parse, resume_args
+from incremental_utils.flags import (PixelArgs, PlasticityArgs, RunArgs, check_args, flags_given, parse, resume_args,
+                                     weight_decay_of)
 from incremental_utils.gradients import all_finite, grad_and_aux
 from incremental_utils.metrics import MetricSums
 from incremental_utils.observations import Observation, as_observation, zero_observation
 from incremental_utils.optimizers import Adam
+from incremental_utils.plasticity import Plasticity, hidden_activations
 from incremental_utils.run import Run
 
 ALGO = "avg"
 
 
 @dataclass
-class Args(RunArgs, PixelArgs):
+class Args(RunArgs, PixelArgs, PlasticityArgs):
     actor_lr: Optional[float] = None
     """actor step size; unset: the paper's value for --env (avg.py's HYPERPARAMS table)"""
     critic_lr: Optional[float] = None
@@ -55,10 +56,6 @@ class Args(RunArgs, PixelArgs):
     """Polyak rate of a target critic; 1.0 means no target network (AVG), 0 a frozen one"""
     action_mapping: Literal["rescale", "clip"] = "rescale"
     """tanh's [-1, 1] to the action bounds: rescale onto them, or clip as the authors' code does (algorithms.md 1)"""
-    shared_encoder: bool = True
-    """images: one encoder for actor and critic, trained by the critic (1.7x faster than one each, learns sooner)"""
-    augment: Literal["none", "shift"] = "none"
-    """images: random shifts of an update's S by up to 2% of the image's side (the acting pass sees the centre)"""
 
 
 # Published hyperparameters (algorithms.md 1): actor lr, critic lr, beta1, entropy coefficient, gamma.
@@ -80,8 +77,7 @@ def resolve_hyperparams(args):
     """Fills the hyperparameters the user left unset with the paper's values for the env (any version)."""
     base = args.env.rsplit("-v", 1)[0]
     paper = HYPERPARAMS.get(base, DEFAULT_HYPERPARAMS)
-    names = ("actor_lr", "critic_lr", "beta1", "entropy_coef", "gamma")
-    for name, value in zip(names, paper):
+    for name, value in zip(("actor_lr", "critic_lr", "beta1", "entropy_coef", "gamma"), paper):
         if getattr(args, name) is None:
             setattr(args, name, value)
     return "paper values for " + base if base in HYPERPARAMS else "the paper's Ant/HalfCheetah values, as defaults"
@@ -109,20 +105,16 @@ class RunningMeanVar(nn.Module):
         return torch.where(self.count > 1, self.m2 / (self.count - 1).clamp_min(1), 1.0)
 
     def normalize(self, x):
-        """(x - mean) / sqrt(var + 1e-8). Until there are two samples the statistics are the prior, mean 0 and
-        variance 1: normalising a first observation by its own mean would make it exactly zero, and so the
-        actor's first features, where the gradient of the penultimate normalisation is unbounded (in testing
-        it inflated Adam's second moments for ~50k steps)."""
+        """(x - mean) / sqrt(var + 1e-8), with the prior (0, 1) until two samples: a first observation normalised by
+        its own mean is zero, where the penultimate norm's gradient is unbounded (it inflated Adam's moments)."""
         mean = torch.where(self.count > 1, self.mean, 0.0)
         return (x - mean) / (self.var() + 1e-8).sqrt()
 
 
 class TDErrorScaler(nn.Module):
-    """sigma_delta^2 = Var[R] + Var[gamma_t] E[G^2] (return-based scaling, algorithms.md 4). As in the authors' code,
-    R is entropy-augmented (R - eta log pi(A|S)) and G is the undiscounted sum of those rewards. gamma_t is 0
-    at termination, gamma otherwise (truncation included). sigma = 1 until the first episode has ended.
-    G is recorded at every episode end; the authors' released avg.py records it only at termination and carries
-    the sum over a truncation into the next episode, which mixes two episodes' returns into one G."""
+    """sigma_delta^2 = Var[R] + Var[gamma_t] E[G^2] (algorithms.md 4), R entropy-augmented (R - eta log pi(A|S)) and G
+    their undiscounted sum, as in the authors' code; gamma_t is 0 at termination, else gamma; sigma = 1 until a first
+    episode has ended. G is recorded at every episode end (the authors' only at termination, mixing two episodes)."""
 
     def __init__(self):
         super().__init__()
@@ -159,39 +151,14 @@ class FeatureNorm(nn.Module):
         return h
 
 
-class PixelEncoder(nn.Module):
-    """Images to 128 features (SPEC.md 10, the authors' visual Stream AC encoder): pixels / 255, three 3x3 convolutions
-    of stride 2 (32, 64, 64 channels, ReLU between), then a spatial softmax: each channel's expected (x, y) on a [-1, 1]
-    grid. With `pad` > 0 it sees a crop `pad` smaller each side: at the shift (--augment shift), else the centre."""
-
-    def __init__(self, image_shape, pad=0):
-        super().__init__()
-        channels, height, width = image_shape
-        self.pad, self.size, self.features = pad, (height - 2 * pad, width - 2 * pad), 2 * 64
-        # The last convolution has no bias: a constant per channel cancels in the softmax (its gradient: rounding noise)
-        self.convs = nn.Sequential(nn.Conv2d(channels, 32, 3, stride=2), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2),
-                                   nn.ReLU(), nn.Conv2d(64, 64, 3, stride=2, bias=False))
-        h, w = self.convs(torch.zeros(1, channels, *self.size)).shape[-2:]
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], -1))  # (h * w, 2), x along the width
-
-    def forward(self, image, shift=None):
-        (h, w), pad, batch = self.size, self.pad, image.dim() == 4
-        image = image[..., pad:pad + h, pad:pad + w] if shift is None else (  # a gather: the offset is an input
-            image.index_select(-2, shift[0] + torch.arange(h)).index_select(-1, shift[1] + torch.arange(w)))
-        maps = self.convs(image.float() / 255 if batch else image.float().unsqueeze(0) / 255)
-        keypoints = (maps.flatten(-2).softmax(-1) @ self.grid).flatten(-2)  # each channel's expected x and y
-        return keypoints if batch else keypoints.squeeze(0)
-
-
-def network_input(encoder, obs, augment=False):
-    """What a trunk reads: the observation itself, or for images the encoder's features beside the proprioception."""
-    return obs if encoder is None else torch.cat([encoder(obs.image, obs.shift if augment else None), obs.vector], -1)
-
-
 def mlp_trunk(n_in, hidden, feature_norm):
     return nn.Sequential(nn.Linear(n_in, hidden), nn.LeakyReLU(), nn.Linear(hidden, hidden), nn.LeakyReLU(),
                          FeatureNorm(feature_norm))
+
+
+def orthogonal_row(weight, row, generator):
+    """A fresh row of an orthogonal initialisation of `weight`'s shape (continual backprop's replaced unit)."""
+    weight[row] = nn.init.orthogonal_(torch.empty_like(weight), generator=generator)[row]
 
 
 def orthogonal_init(module):
@@ -203,11 +170,9 @@ def orthogonal_init(module):
 
 
 class Actor(nn.Module):
-    """Squashed Gaussian policy: A = tanh(mu + std * noise), with log pi(A|S) corrected for the tanh.
-
-    std = exp(log_std), log_std clamped to [-20, 2], as algorithms.md 1 defines it (the authors' released avg.py
-    passes exp(log_std) to MultivariateNormal as the covariance: there the head is a log variance, std at most e).
-    Images: its own encoder, or (shared) the critic's, read without a gradient: the critic's loss trains it."""
+    """Squashed Gaussian policy: A = tanh(mu + std * noise), log pi(A|S) corrected for the tanh; std = exp(log_std),
+    log_std clamped to [-20, 2] (algorithms.md 1; the authors' avg.py uses exp(log_std) as the variance). Images: its
+    own encoder, or (shared) the critic's, read without a gradient: the critic's loss trains it."""
 
     def __init__(self, in_dim, act_dim, hidden, feature_norm, encoder=None, shared=None):
         super().__init__()
@@ -216,6 +181,9 @@ class Actor(nn.Module):
         self.trunk = mlp_trunk(in_dim, hidden, feature_norm)
         self.mu, self.log_std = nn.Linear(hidden, act_dim), nn.Linear(hidden, act_dim)
         orthogonal_init(self)
+
+    def hidden(self, obs, augment=False):  # each hidden layer's units, for the plasticity tools
+        return hidden_activations(self.trunk, network_input(self.encoder or self.shared, obs, augment))
 
     def forward(self, obs, noise, augment=False):
         features = self.trunk(network_input(self.encoder or self.shared, obs, augment))
@@ -234,6 +202,9 @@ class Critic(nn.Module):
         self.q = nn.Linear(hidden, 1)
         orthogonal_init(self)
 
+    def hidden(self, obs, action, augment=False):
+        return hidden_activations(self.trunk, torch.cat([network_input(self.encoder, obs, augment), action], -1))
+
     def forward(self, obs, action, augment=False):
         return self.q(self.trunk(torch.cat([network_input(self.encoder, obs, augment), action], -1))).squeeze(-1)
 
@@ -248,6 +219,7 @@ class StepInputs(NamedTuple):
     reward: torch.Tensor        # R
     terminated: torch.Tensor    # 1.0 if S' ends the task (a fall), else 0.0; a time limit is not termination
     noises: torch.Tensor        # (2, |A|): draws A' for the TD target, and the next action
+    perturbation: torch.Tensor = torch.zeros(0)  # --upgd: one N(0, 1) draw per parameter of actor and critic
 
 
 class Acting(NamedTuple):
@@ -259,11 +231,12 @@ class Acting(NamedTuple):
     ok: torch.Tensor        # false when the update that led here was not applied (a non-finite loss or gradient)
 
 
-def step_inputs(now, raw_next_obs, reward, terminated, generator, pad=0):
+def step_inputs(now, raw_next_obs, reward, terminated, generator, pad=0, perturbations=0):
     """One update's inputs from where the agent is (`now`) and what the environment returned."""
     return StepInputs(now.obs, now.noise, now.log_prob, as_observation(raw_next_obs, pad, generator),
                       torch.tensor(float(reward)), torch.tensor(float(terminated)),
-                      torch.randn(2, now.noise.shape[0], generator=generator))
+                      torch.randn(2, now.noise.shape[0], generator=generator),
+                      torch.randn(perturbations, generator=generator))
 
 
 class AVG(nn.Module):
@@ -273,19 +246,19 @@ class AVG(nn.Module):
         """obs_dim: the vector observation's size (with images, the proprioception's); image_shape: (C, H, W)."""
         super().__init__()
         act_dim, hidden, norm = len(act_low), args.hidden_size, args.feature_norm
-        self.augment = image_shape is not None and args.augment == "shift"
-        self.pad = round(0.02 * image_shape[-1]) if self.augment else 0
-        # One shared encoder by default: on VisualDotReacher-v0 an update costs 5.9 ms against 10.1 with one per
-        # network, and the shared one learned sooner in both seeds, ending level at 60k steps (docs/results.md, pixels)
-        encoders = [PixelEncoder(image_shape, self.pad) for _ in range(1 if args.shared_encoder else 2)] \
-            if image_shape is not None else [None, None]
-        in_dim = obs_dim + (encoders[0].features if image_shape is not None else 0)
-        self.actor = Actor(in_dim, act_dim, hidden, norm, encoders[1] if len(encoders) > 1 else None,
-                           shared=encoders[0] if len(encoders) == 1 else None)
-        self.critic = Critic(in_dim, act_dim, hidden, norm, encoders[0])
+        # One shared encoder by default: 5.9 ms an update against 10.1 with one each, and it learned sooner (results.md)
+        self.augment, self.pad, (critic_encoder, actor_encoder), shared = camera_encoders(image_shape, args)
+        in_dim = obs_dim + (critic_encoder.features if image_shape is not None else 0)
+        self.actor = Actor(in_dim, act_dim, hidden, norm, actor_encoder, shared)
+        self.critic = Critic(in_dim, act_dim, hidden, norm, critic_encoder)
         self.target = copy.deepcopy(self.critic) if args.target_tau < 1 else None
-        self.actor_opt = Adam(self.actor, args.actor_lr, (args.beta1, 0.999))
-        self.critic_opt = Adam(self.critic, args.critic_lr, (args.beta1, 0.999))
+        upgd = (args.upgd_sigma, args.upgd_beta_utility) if args.upgd else None  # UPGD in place of Adam
+        self.actor_opt = Adam(self.actor, args.actor_lr, (args.beta1, 0.999), weight_decay=weight_decay_of(args), upgd=upgd)
+        self.critic_opt = Adam(self.critic, args.critic_lr, (args.beta1, 0.999), weight_decay=weight_decay_of(args),
+                               upgd=upgd)
+        self.plasticity = Plasticity({"actor": (self.actor, self.actor.trunk, ("mu", "log_std"), self.actor_opt),
+                                      "critic": (self.critic, self.critic.trunk, ("q",), self.critic_opt)}, args,
+                                     orthogonal_row)
         self.obs_stats = RunningMeanVar((obs_dim,))
         self.td_scaler = TDErrorScaler()
         self.eta, self.gamma, self.tau = args.entropy_coef, args.gamma, args.target_tau
@@ -317,8 +290,7 @@ class AVG(nn.Module):
 
     @torch.no_grad()
     def evaluation_action(self, raw_obs, episode_step, generator=None):
-        """The environment's action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation
-        statistics frozen; tanh of the mean, or a sample when a generator is given."""
+        """The action for raw_obs without learning (statistics frozen): tanh of the mean, or a sample with a generator."""
         obs = self.normalize(as_observation(raw_obs), learn=False)
         noise = torch.zeros(self.action_scale.shape) if generator is None else torch.randn(self.action_scale.shape,
                                                                                             generator=generator)
@@ -346,13 +318,11 @@ class AVG(nn.Module):
         return actor_loss + critic_loss, (delta.detach(), actor_loss.detach(), log_prob.detach(), q.detach())
 
     def acting(self, obs, noise, ok=True):
-        """A ~ pi(.|S) from the noise, as an Acting."""
         return Acting(*self.act(obs, noise), obs, noise, torch.tensor(ok))
 
     def forward(self, s: StepInputs):
-        """One AVG update on (S, A, R, S') (algorithms.md 1), then the next action from the updated actor. s.noises[0]
-        draws A' for the target, s.noises[1] the next action. Both networks' gradients use the pre-update parameters;
-        an update with a non-finite loss or gradient is not applied (ok=False)."""
+        """One AVG update on (S, A, R, S') (algorithms.md 1), both gradients at the pre-update parameters, not applied
+        if not finite (ok=False); then the next action. s.noises: A' for the target, and the next action."""
         next_obs = self.normalize(s.raw_next_obs)
         discount = self.gamma * (1.0 - s.terminated)
         self.td_scaler.update((s.reward - self.eta * s.log_prob).double(), discount.double())
@@ -362,8 +332,13 @@ class AVG(nn.Module):
             self.losses, (actor_params, critic_params), s.obs, s.noise, next_obs, s.noises[0], s.reward, discount,
             sigma)
         ok = all_finite(delta + actor_loss, actor_grads, critic_grads)
-        self.actor_opt.step(actor_params, actor_grads, ok)
-        self.critic_opt.step(critic_params, critic_grads, ok)
+        with torch.no_grad():  # the hidden units at (S, A) for --plasticity-every, --reinit cbp (merged when compiled)
+            hidden = {"actor": self.actor.hidden(s.obs, self.augment), "critic": self.critic.hidden(
+                s.obs, self.actor(s.obs, s.noise, self.augment)[0], self.augment)} if self.plasticity.active else None
+        noise = s.perturbation.split([self.actor_opt.noise_size, self.critic_opt.noise_size])  # --upgd
+        changes = {"actor": self.actor_opt.step(actor_params, actor_grads, ok, noise[0]),
+                   "critic": self.critic_opt.step(critic_params, critic_grads, ok, noise[1])}
+        self.plasticity.record(ok, hidden, changes)
         if self.target is not None:
             for target, param in zip(self.target.parameters(), critic_params.values()):
                 target.copy_(torch.where(ok, target.lerp(param, self.tau), target))
@@ -397,14 +372,16 @@ def main(args, given=frozenset()):
     env = run.make_env(finite_action_bounds=True, images=("camera",))
     agent = make_learner(env, args)
     blank, act_dim = zero_observation(env.observation_space), env.action_space.shape[0]
-    hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "beta1", "entropy_coef", "gamma")}
+    hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "beta1", "entropy_coef", "gamma",
+                                                 "weight_decay", "upgd", "reinit")}
     run.start(agent, f"{hyperparams} ({source})", policy=agent.evaluation_action, parts=policy_parts(agent))
     if run.resumed:
         agent.td_scaler.episode_return.zero_()  # the partial episode at a mid-episode save is dropped
     elif args.init_from and agent.target is not None:
         agent.target.load_state_dict(agent.critic.state_dict())
     first = agent.acting(agent.normalize(as_observation(blank), learn=False), torch.zeros(act_dim))
-    update = run.compile(agent, step_inputs(first, blank, 0.0, False, torch.Generator(), agent.pad))
+    perturbations = agent.actor_opt.noise_size + agent.critic_opt.noise_size  # --upgd's noise, drawn each step
+    update = run.compile(agent, step_inputs(first, blank, 0.0, False, torch.Generator(), agent.pad, perturbations))
 
     def reset():
         obs = agent.normalize(as_observation(run.reset_env(), agent.pad, run.noise_gen))
@@ -416,8 +393,9 @@ def main(args, given=frozenset()):
             raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
             seen = run.count_step(reward, raw_next_obs)  # the run's counters; False: a non-finite value, skipped
             # ALGO LOGIC: one AVG update on (S, A, R, S'), and A' from the updated actor
-            inputs = step_inputs(now, raw_next_obs, reward, terminated, run.noise_gen, agent.pad)
+            inputs = step_inputs(now, raw_next_obs, reward, terminated, run.noise_gen, agent.pad, perturbations)
             out = run.step(update, inputs) if seen else None
+            agent.plasticity.replace_units(run.noise_gen)  # --reinit cbp: outside the update (a varying number)
             # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
             run.log_window()
             if run.episode_over(out, terminated, truncated):

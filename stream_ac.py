@@ -1,27 +1,26 @@
 """Stream AC(lambda): streaming actor-critic with eligibility traces and overshooting-bounded gradient descent
-(ObGD). One update per environment step, no replay buffer, no target network, no batch.
+(ObGD), or intentional updates. One update per environment step, no replay buffer, no target network, no batch.
 
-    python stream_ac.py --env Hopper-v4                  # --optimizer adaptive: the Adam-like variant
-    python stream_ac.py --env VisualDotReacher-v0        # from camera images (and proprioception)
+    python stream_ac.py --env Hopper-v4                          # ObGD (--optimizer adaptive: its Adam-like variant)
+    python stream_ac.py --env Hopper-v4 --optimizer intentional  # Intentional AC (SPEC.md 12)
+    python stream_ac.py --env VisualDotReacher-v0                # from camera images (and proprioception)
 
-Elsayed, Vasan and Mahmood, arXiv 2410.14606; definitions in docs/algorithms.md 6. Per step, with S the normalised
-observation, A ~ N(mu(S), std(S)), std = softplus(.), u <- gamma u + R the episode's discounted return so far:
-    R <- R / std(u) (--reward-scale);  delta = R + gamma (1 - terminated) V(S') - V(S)
-    z_V <- gamma lambda z_V + grad V(S);  z_pi <- gamma lambda z_pi + grad [log pi(A|S) + eta sign(delta) H(pi(.|S))]
-    for each network: M = alpha kappa max(|delta|, 1) ||z||_1, theta <- theta + alpha / max(M, 1) delta z
-Both gradients use the pre-update parameters; traces and u restart at every episode end. --optimizer adaptive uses
-z / sqrt(v_hat + eps) for z, v_hat the bias-corrected running mean of (delta z)^2 (beta2 0.999).
-Departures from the authors' stream_ac_continuous.py (or choices where algorithms.md is silent): truncation bootstraps
-(theirs terminates); u restarts at 0 each episode (theirs carries an episode's last reward over); sparse init keeps
-one weight per unit at least (theirs zeroes a row for fan_in < 10). As theirs: log pi is the unclipped sample's
-density, only the action sent is clipped; the time feature -0.5 + t / limit (1000 if undeclared) follows normalisation.
-Images: one encoder for actor and critic, trained by the critic (theirs has one per network): an update costs 5.5 ms
-against 9.1 with one each on VisualDotReacher-v0, and with AVG the shared one learned sooner (docs/results.md).
+Elsayed, Vasan and Mahmood, arXiv 2410.14606 (docs/algorithms.md 6; intentional updates: 11). Per step, S normalised,
+A ~ N(mu(S), std(S)), std = softplus(.), R divided by the running std of the discounted return (--reward-scale):
+delta = R + gamma (1 - terminated) V(S') - V(S); z_V <- gamma lambda z_V + grad V(S); z_pi <- gamma lambda z_pi +
+grad [log pi(A|S) + eta sign(delta) H(pi(.|S))]; each network steps along delta z, its step size bounded by ObGD (or
+set by the intended change). Both gradients use the pre-update parameters; traces restart at every episode end.
+Departures from the authors' code: truncation bootstraps (Stream-X's terminates; intentional_ac.py bootstraps but keeps
+its traces into the next episode, and has no time feature); the return trace restarts at 0 each episode; sparse init
+keeps one weight per unit at least.
+As theirs: log pi is the unclipped sample's, only the action sent is clipped. Images: one encoder for actor and
+critic, trained by the critic (theirs: one each), 5.5 ms an update against 9.1 (docs/results.md).
 """
+import functools
 import math
 import sys
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -29,23 +28,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from incremental_utils.encoders import camera_encoders, network_input
 from incremental_utils.errors import one_line_errors
-from incremental_utils.flags import PixelArgs, RunArgs, check_args, flags_given, parse, resume_args
+from incremental_utils.flags import (IntentionalArgs, PixelArgs, PlasticityArgs, RunArgs, check_args, fill_unset,
+                                     flags_given, parse, resume_args, weight_decay_of)
 from incremental_utils.gradients import grad_and_aux
 from incremental_utils.metrics import MetricSums
 from incremental_utils.observations import Observation, as_observation, zero_observation
-from incremental_utils.optimizers import ObGD
+from incremental_utils.optimizers import Intentional, ObGD
+from incremental_utils.plasticity import Plasticity, hidden_activations
 from incremental_utils.run import Run
 
 ALGO = "stream_ac"
+# Each optimizer's step sizes (actor, critic), the Stream-X and intentional-updates papers'; a flag given wins.
+STEP_SIZES = {"obgd": (1.0, 1.0), "adaptive": (1.0, 1.0), "intentional": (0.05, 0.5)}
 
 
 @dataclass
-class Args(RunArgs, PixelArgs):
-    actor_lr: float = 1.0
-    """step size alpha of the actor's ObGD (the paper: 1.0)"""
-    critic_lr: float = 1.0
-    """step size alpha of the critic's ObGD (the paper: 1.0)"""
+class Args(RunArgs, PixelArgs, PlasticityArgs, IntentionalArgs):
+    actor_lr: Optional[float] = None
+    """the actor's step size: ObGD's alpha; intentional: eta, the intended change; unset: the optimizer's default"""
+    critic_lr: Optional[float] = None
+    """the critic's step size likewise; unset: 1.0 (obgd, adaptive) or 0.5 (intentional)"""
     gamma: float = 0.99
     """discount factor"""
     trace_lambda: float = 0.8
@@ -60,10 +64,10 @@ class Args(RunArgs, PixelArgs):
     """width of the two hidden layers of actor and critic"""
     sparsity: float = 0.9
     """fraction of each unit's incoming weights set to zero at initialisation"""
-    optimizer: Literal["obgd", "adaptive"] = "obgd"
-    """obgd, or adaptive: traces divided by the running RMS of delta*z (the paper's Adam-like variant)"""
+    optimizer: Literal["obgd", "adaptive", "intentional"] = "obgd"
+    """obgd; adaptive: traces over the RMS of delta z (the paper's Adam-like one); intentional: intentional updates"""
     beta2: float = 0.999
-    """adaptive: decay of the second-moment estimate of delta*z"""
+    """adaptive, intentional: decay of the second-moment estimate (of delta z; of the gradient)"""
 
     obs_norm: bool = True
     """normalise observations with running (Welford) mean and variance"""
@@ -71,10 +75,6 @@ class Args(RunArgs, PixelArgs):
     """divide rewards by the running standard deviation of the discounted return trace"""
     time_feature: bool = True
     """append the time within the episode (-0.5 at reset, +1/time limit per step) to the observation"""
-    shared_encoder: bool = True
-    """images: one encoder for actor and critic, trained by the critic (1.7x faster than one each; docs/results.md)"""
-    augment: Literal["none", "shift"] = "none"
-    """images: random shifts of an update's S by up to 2% of the image's side (the acting pass sees the centre)"""
 
 
 # ------------------------------------- statistics (as in avg.py: all learner state is parameters and buffers)
@@ -121,16 +121,22 @@ class RewardScaler(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ networks
-def sparse_init_(weight, sparsity):
+def sparse_init_(weight, sparsity, generator=None):
     """U(+-1/sqrt(fan_in)), then ceil(sparsity fan_in) (at most fan_in - 1) of each unit's inputs zeroed (a conv's unit:
-    an output channel)."""
+    an output channel). Returns the weight."""
     rows = weight.view(weight.shape[0], -1)
     fan_in = rows.shape[1]
     n_zero = min(math.ceil(round(sparsity * fan_in, 9)), fan_in - 1)  # round: 0.9 * 130 is 117.00000000000001
     with torch.no_grad():
-        weight.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        weight.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=generator)
         for row in rows:
-            row[torch.randperm(fan_in)[:n_zero]] = 0
+            row[torch.randperm(fan_in, generator=generator)[:n_zero]] = 0
+    return weight
+
+
+def sparse_row(weight, row, generator, sparsity):
+    """A fresh sparse-initialised row for weight[row] (continual backprop's replaced unit)."""
+    weight[row] = sparse_init_(torch.empty(1, weight.shape[1]), sparsity, generator)[0]
 
 
 class LayerNormAll(nn.Module):
@@ -138,36 +144,6 @@ class LayerNormAll(nn.Module):
 
     def forward(self, x):
         return F.layer_norm(x, x.shape)
-
-
-class PixelEncoder(nn.Module):
-    """Images to 128 features (SPEC.md 10, the authors' visual Stream AC encoder): pixels / 255, three 3x3 convolutions
-    of stride 2 (32, 64, 64 channels, ReLU between), then a spatial softmax: each channel's expected (x, y) on a [-1, 1]
-    grid. With `pad` > 0 it sees a crop `pad` smaller each side: at the shift (--augment shift), else the centre."""
-
-    def __init__(self, image_shape, pad=0):
-        super().__init__()
-        channels, height, width = image_shape
-        self.pad, self.size, self.features = pad, (height - 2 * pad, width - 2 * pad), 2 * 64
-        # The last convolution has no bias: a constant per channel cancels in the softmax (its gradient: rounding noise)
-        self.convs = nn.Sequential(nn.Conv2d(channels, 32, 3, stride=2), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2),
-                                   nn.ReLU(), nn.Conv2d(64, 64, 3, stride=2, bias=False))
-        h, w = self.convs(torch.zeros(1, channels, *self.size)).shape[-2:]
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], -1))  # (h * w, 2), x along the width
-
-    def forward(self, image, shift=None):
-        (h, w), pad, batch = self.size, self.pad, image.dim() == 4
-        image = image[..., pad:pad + h, pad:pad + w] if shift is None else (  # a gather: the offset is an input
-            image.index_select(-2, shift[0] + torch.arange(h)).index_select(-1, shift[1] + torch.arange(w)))
-        maps = self.convs(image.float() / 255 if batch else image.float().unsqueeze(0) / 255)
-        keypoints = (maps.flatten(-2).softmax(-1) @ self.grid).flatten(-2)  # each channel's expected x and y
-        return keypoints if batch else keypoints.squeeze(0)
-
-
-def network_input(encoder, obs, augment=False):
-    """What a trunk reads: the observation itself, or for images the encoder's features beside the proprioception."""
-    return obs if encoder is None else torch.cat([encoder(obs.image, obs.shift if augment else None), obs.vector], -1)
 
 
 def trunk(obs_shape, hidden):
@@ -209,6 +185,9 @@ class Actor(nn.Module):
             self.mu, self.std = nn.Linear(hidden, act_dim), nn.Linear(hidden, act_dim)
         init_(self, sparsity)
 
+    def hidden(self, obs, augment=False):  # each hidden layer's units, for the plasticity tools
+        return hidden_activations(self.trunk, network_input(self.encoder or self.shared, obs, augment))
+
     def forward(self, obs, augment=False):
         features = self.trunk(network_input(self.encoder or self.shared, obs, augment))
         if hasattr(self, "logits"):
@@ -226,6 +205,9 @@ class Critic(nn.Module):
         self.v = nn.Linear(hidden, 1)
         init_(self, sparsity)
 
+    def hidden(self, obs, augment=False):
+        return hidden_activations(self.trunk, network_input(self.encoder, obs, augment))
+
     def forward(self, obs, augment=False):
         return self.v(self.trunk(network_input(self.encoder, obs, augment))).squeeze(-1)
 
@@ -239,6 +221,7 @@ class StepInputs(NamedTuple):
     reward: torch.Tensor        # R
     terminated: torch.Tensor    # 1.0 if S' ends the task, else 0.0; a time limit is not termination
     noise: torch.Tensor         # draws the next action: N(0, I), or U(0, 1) for a categorical draw
+    perturbation: torch.Tensor = torch.zeros(0)  # --upgd: one N(0, 1) draw per parameter of actor and critic
 
 
 class Acting(NamedTuple):
@@ -249,35 +232,39 @@ class Acting(NamedTuple):
     ok: torch.Tensor      # false when the update that led here was not applied (a non-finite value)
 
 
-def step_inputs(now, raw_next_obs, reward, terminated, noise, generator=None, pad=0):
+def step_inputs(now, raw_next_obs, reward, terminated, noise, generator=None, pad=0, perturbations=0):
     """One update's inputs from where the agent is (`now`) and what the environment returned."""
     return StepInputs(now.obs, now.sample, as_observation(raw_next_obs, pad, generator), torch.tensor(float(reward)),
-                      torch.tensor(float(terminated)), noise)
+                      torch.tensor(float(terminated)), noise, torch.randn(perturbations, generator=generator))
 
 
 class StreamAC(nn.Module):
     """The whole learner. forward() is one Stream AC(lambda) step; parameters and buffers are the complete state."""
 
     def __init__(self, obs_shape, act_low, act_high, args, time_limit=1000, n_actions=None, image_shape=None):
-        """Continuous actions in [act_low, act_high], or n_actions discrete ones. obs_shape: the vector's (with a
-        camera, the proprioception's) or MinAtar/Atari frames' shape; image_shape: (C, H, W) of a camera's frames."""
+        """Continuous actions in [act_low, act_high] or n_actions discrete ones; obs_shape: the vector's (a camera's
+        proprioception's) or MinAtar/Atari frames'; image_shape: (C, H, W) of a camera's frames."""
         super().__init__()
         obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
         self.time_feature = args.time_feature and len(obs_shape) == 1  # not for MinAtar/Atari frames
         self.channels_last = len(obs_shape) == 3 and obs_shape[-1] < obs_shape[0]  # MinAtar's planes
-        self.augment = image_shape is not None and args.augment == "shift"
-        self.pad = round(0.02 * image_shape[-1]) if self.augment else 0
-        encoders = [PixelEncoder(image_shape, self.pad) for _ in range(1 if args.shared_encoder else 2)] \
-            if image_shape is not None else [None, None]
-        in_shape = (obs_shape[0] + self.time_feature + (encoders[0].features if image_shape else 0),) \
+        self.augment, self.pad, (critic_encoder, actor_encoder), shared = camera_encoders(image_shape, args)
+        in_shape = (obs_shape[0] + self.time_feature + (critic_encoder.features if image_shape else 0),) \
             if len(obs_shape) == 1 else (obs_shape[-1], *obs_shape[:2]) if self.channels_last else obs_shape
         self.discrete, act_dim = n_actions is not None, n_actions or len(act_low)
-        self.actor = Actor(in_shape, act_dim, args.hidden_size, args.sparsity, n_actions,
-                           encoders[1] if len(encoders) > 1 else None, encoders[0] if len(encoders) == 1 else None)
-        self.critic = Critic(in_shape, args.hidden_size, args.sparsity, encoders[0])
-        adaptive, decay = args.optimizer == "adaptive", args.gamma * args.trace_lambda
-        self.actor_opt = ObGD(self.actor, args.actor_lr, args.kappa_policy, decay, adaptive, args.beta2)
-        self.critic_opt = ObGD(self.critic, args.critic_lr, args.kappa_value, decay, adaptive, args.beta2)
+        self.actor = Actor(in_shape, act_dim, args.hidden_size, args.sparsity, n_actions, actor_encoder, shared)
+        self.critic = Critic(in_shape, args.hidden_size, args.sparsity, critic_encoder)
+        decay, upgd = args.gamma * args.trace_lambda, (args.upgd_sigma, args.upgd_beta_utility) if args.upgd else None
+        self.actor_opt, self.critic_opt = [  # intentional: the policy's form normalises its delta
+            Intentional(net, lr, decay, args.beta2, args.clip_mult, args.beta_clip, policy, args.beta_norm)
+            if args.optimizer == "intentional" else ObGD(net, lr, kappa, decay, args.optimizer == "adaptive", args.beta2,
+                                                          weight_decay=weight_decay_of(args), upgd=upgd)
+            for net, lr, kappa, policy in ((self.actor, args.actor_lr, args.kappa_policy, True),
+                                           (self.critic, args.critic_lr, args.kappa_value, False))]
+        heads = ("logits",) if self.discrete else ("mu", "std")
+        self.plasticity = Plasticity({"actor": (self.actor, self.actor.trunk, heads, self.actor_opt),
+                                      "critic": (self.critic, self.critic.trunk, ("v",), self.critic_opt)}, args,
+                                     functools.partial(sparse_row, sparsity=args.sparsity))
         self.obs_stats = RunningMeanVar(obs_shape)
         self.reward_scaler = RewardScaler(args.gamma)
         self.eta, self.gamma = args.entropy_coef, args.gamma
@@ -288,12 +275,12 @@ class StreamAC(nn.Module):
             self.register_buffer("action_low", torch.as_tensor(act_low, dtype=torch.float32))
             self.register_buffer("action_high", torch.as_tensor(act_high, dtype=torch.float32))
         self.metrics = MetricSums("losses/critic_loss", "losses/actor_loss", "health/entropy", "health/abs_v",
-                                  "health/actor_step_size", "health/critic_step_size", "health/actor_trace_l1",
-                                  "health/critic_trace_l1", "health/reward_std")
+                                  "health/reward_std", *(f"health/{net}_{name}" for net in ("actor", "critic")
+                                                         for name in self.actor_opt.health_names))
 
     def observe(self, raw_obs, t, learn=True):
-        """Adds the observation to the running statistics (unless not `learn`), normalises it (algorithms.md 2),
-        appends the time feature. Images: the proprioception so; pixels never, the encoder scales them to [0, 1]."""
+        """Normalises the observation (algorithms.md 2; statistics updated if `learn`; of images only the
+        proprioception), then appends the time feature."""
         if isinstance(raw_obs, Observation):
             return Observation(raw_obs.image, self.observe(raw_obs.vector, t, learn), raw_obs.shift)
         obs = raw_obs.float()
@@ -324,10 +311,10 @@ class StreamAC(nn.Module):
 
     @torch.no_grad()
     def evaluation_action(self, raw_obs, episode_step, generator=None):
-        """The environment's action for raw_obs without learning (--eval-every, scripts/evaluate.py): observation
-        statistics frozen; the clipped mean, or a sample when a generator is given."""
+        """The action for raw_obs without learning (statistics frozen): the clipped mean (the most probable action),
+        or a sample with a generator."""
         obs = self.observe(as_observation(raw_obs), torch.tensor(episode_step / self.time_limit - 0.5), learn=False)
-        if self.discrete:  # the most probable action, or a sample
+        if self.discrete:
             return self.actor(obs)[0].argmax() if generator is None else \
                 self.act(obs, torch.rand((), generator=generator))[0]
         noise = torch.zeros(self.action_low.shape) if generator is None else torch.randn(self.action_low.shape,
@@ -351,8 +338,7 @@ class StreamAC(nn.Module):
         return Acting(*self.act(obs, noise), obs, torch.tensor(ok))
 
     def forward(self, s: StepInputs):
-        """One Stream AC(lambda) update on (S, A, R, S') (algorithms.md 6), then the next action from the updated
-        actor. An update with a non-finite value is not applied (ok=False)."""
+        """One update on (S, A, R, S') (algorithms.md 6; not applied if not finite, ok=False), then the next action."""
         self.episode_step += 1
         next_obs = self.observe(s.raw_next_obs, self.episode_step / self.time_limit - 0.5)
         reward = self.reward_scaler(s.reward) if self.reward_scale else s.reward
@@ -361,18 +347,21 @@ class StreamAC(nn.Module):
         actor_params, critic_params = dict(self.actor.named_parameters()), dict(self.critic.named_parameters())
         (actor_grads, critic_grads), (delta, actor_loss, ent, v) = grad_and_aux(
             self.objectives, (actor_params, critic_params), s.obs, s.sample, next_obs, reward, discount)
-        actor_step = self.actor_opt.propose(actor_grads, delta)
-        critic_step = self.critic_opt.propose(critic_grads, delta)
-        # The L1 norms sum every trace entry: finite norms mean finite traces, hence finite updates.
+        noise = s.perturbation.split([self.actor_opt.noise_size, self.critic_opt.noise_size])  # --upgd
+        actor_step = self.actor_opt.propose(actor_grads, delta, params=actor_params, noise=noise[0])
+        critic_step = self.critic_opt.propose(critic_grads, delta, params=critic_params, noise=noise[1])
+        # The norms sum every trace entry: finite norms mean finite traces, hence finite updates.
         ok = torch.isfinite(delta + actor_loss + actor_step["norm"] + critic_step["norm"])
-        self.actor_opt.apply(actor_params, actor_step, delta, ok)
-        self.critic_opt.apply(critic_params, critic_step, delta, ok)
+        with torch.no_grad():  # the hidden units at S for --plasticity-every, --reinit cbp (merged when compiled)
+            hidden = {"actor": self.actor.hidden(s.obs, self.augment),
+                      "critic": self.critic.hidden(s.obs, self.augment)} if self.plasticity.active else None
+        changes = {"actor": self.actor_opt.apply(actor_params, actor_step, ok),
+                   "critic": self.critic_opt.apply(critic_params, critic_step, ok)}
+        self.plasticity.record(ok, hidden, changes)
         self.metrics.add(ok, {"losses/critic_loss": delta.square(), "losses/actor_loss": actor_loss,
                               "health/entropy": ent, "health/abs_v": v.abs(), "health/reward_std": reward_std,
-                              "health/actor_step_size": actor_step["step_size"],
-                              "health/actor_trace_l1": actor_step["norm"],
-                              "health/critic_step_size": critic_step["step_size"],
-                              "health/critic_trace_l1": critic_step["norm"]})
+                              **{f"health/{net}_{name}": value for net, step in (("actor", actor_step),
+                                 ("critic", critic_step)) for name, value in step["health"].items()}})
         return Acting(*self.act(next_obs, s.noise), next_obs, ok)
 
     def end_episode(self):
@@ -385,6 +374,7 @@ class StreamAC(nn.Module):
 
 def make_learner(env, args):
     """The learner for env's spaces (main() and scripts/evaluate.py build it the same way)."""
+    fill_unset(args, dict(zip(("actor_lr", "critic_lr"), STEP_SIZES[args.optimizer])), args.optimizer)  # tests too
     time_limit = (env.spec.max_episode_steps if env.spec is not None else None) or 1000
     time_limit = math.ceil(time_limit / (args.action_repeat or 1))  # in the agent's steps
     space, obs_space = env.action_space, env.observation_space
@@ -404,6 +394,7 @@ def policy_parts(agent):
 
 def main(args, given=frozenset()):
     args, checkpoint = resume_args(args, given, ALGO)
+    source = fill_unset(args, dict(zip(("actor_lr", "critic_lr"), STEP_SIZES[args.optimizer])), args.optimizer)
     check_args(args, positive=("hidden_size", "actor_lr", "critic_lr", "kappa_policy", "kappa_value"),
                ranges={"gamma": lambda g: 0 <= g <= 1, "trace_lambda": lambda l: 0 <= l <= 1, "entropy_coef": lambda e:
                        e >= 0, "sparsity": lambda s: 0 <= s < 1, "beta2": lambda b: 0 <= b < 1})
@@ -415,14 +406,17 @@ def main(args, given=frozenset()):
 
     def draw_noise():  # U(0, 1) for a categorical draw, N(0, I) for a Gaussian one
         return (torch.rand if agent.discrete else torch.randn)(noise_shape, generator=run.noise_gen)
-    hyperparams = {k: getattr(args, k) for k in ("actor_lr", "critic_lr", "gamma", "trace_lambda", "kappa_policy",
-                                                 "kappa_value", "entropy_coef", "optimizer")}
-    run.start(agent, str(hyperparams), policy=agent.evaluation_action, parts=policy_parts(agent))
+    hyperparams = {k: getattr(args, k) for k in ("optimizer", "actor_lr", "critic_lr", "gamma", "trace_lambda",
+                                                 "kappa_policy", "kappa_value", "entropy_coef", "weight_decay", "upgd",
+                                                 "reinit")}
+    run.start(agent, f"{hyperparams} ({source})", policy=agent.evaluation_action, parts=policy_parts(agent))
     if run.resumed:
         agent.end_episode()  # the partial episode at a mid-episode save is dropped
     first = agent.acting(agent.observe(as_observation(blank), torch.tensor(-0.5), learn=False),
                          torch.zeros(noise_shape))
-    update = run.compile(agent, step_inputs(first, blank, 0.0, False, torch.zeros(noise_shape), None, agent.pad))
+    perturbations = agent.actor_opt.noise_size + agent.critic_opt.noise_size  # --upgd's noise, drawn each step
+    update = run.compile(agent, step_inputs(first, blank, 0.0, False, torch.zeros(noise_shape), None, agent.pad,
+                                            perturbations))
 
     def reset():
         obs = agent.observe(as_observation(run.reset_env(), agent.pad, run.noise_gen), torch.tensor(-0.5))
@@ -434,8 +428,10 @@ def main(args, given=frozenset()):
             raw_next_obs, reward, terminated, truncated, info = env.step(now.action.numpy())
             seen = run.count_step(reward, raw_next_obs)  # the run's counters; False: a non-finite value, skipped
             # ALGO LOGIC: one Stream AC(lambda) update on (S, A, R, S'), and the next action from the updated actor
-            inputs = step_inputs(now, raw_next_obs, reward, terminated, draw_noise(), run.noise_gen, agent.pad)
+            inputs = step_inputs(now, raw_next_obs, reward, terminated, draw_noise(), run.noise_gen, agent.pad,
+                                 perturbations)
             out = run.step(update, inputs) if seen else None
+            agent.plasticity.replace_units(run.noise_gen)  # --reinit cbp: outside the update (a varying number)
             # TRY NOT TO MODIFY: logging, episode ends (a skipped step ends its episode), checkpoints
             run.log_window()
             if run.episode_over(out, terminated, truncated):

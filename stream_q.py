@@ -17,7 +17,10 @@ in docs/algorithms.md 9. Per step, with S the normalised observation and A epsil
     M = alpha kappa max(|delta|, 1) ||z||_1,  theta <- theta + alpha / max(M, 1) delta z
 epsilon falls linearly from --epsilon-start to --epsilon-end over --exploration-fraction of the budget, then stays.
 Q(lambda) draws the next action from the updated network, SARSA from the network before the update (its target
-needs it). --optimizer adaptive replaces z, in the bound and the step, by z / sqrt(v_hat + eps) as in stream_ac.py.
+needs it). --optimizer adaptive replaces z, in the bound and the step, by z / sqrt(v_hat + eps) as in stream_ac.py;
+--optimizer intentional is Intentional Q(lambda) (docs/algorithms.md 11): the same delta and trace, the step solved
+for an intended change eta (--lr, 0.25) of Q(S, A) (incremental_utils/optimizers.py Intentional).
+--plasticity-every logs the plasticity/ diagnostics of the Q-network's hidden layers (docs/algorithms.md 10).
 
 The network follows the observation: two hidden layers (Linear -> LayerNorm without affine -> LeakyReLU) for
 vectors; for MinAtar's 10x10xC planes Conv2d(C, 16, 3) -> LayerNorm over the whole feature map -> LeakyReLU ->
@@ -46,25 +49,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from incremental_utils.errors import one_line_errors
-from incremental_utils.flags import RunArgs, check_args, flags_given, parse, resume_args
+from incremental_utils.flags import (DiagnosticArgs, IntentionalArgs, RunArgs, check_args, fill_unset, flags_given,
+                                     parse, resume_args)
 from incremental_utils.gradients import grad_and_aux
 from incremental_utils.metrics import MetricSums
-from incremental_utils.optimizers import ObGD
+from incremental_utils.optimizers import Intentional, ObGD
+from incremental_utils.plasticity import Plasticity, hidden_activations
 from incremental_utils.run import Run
 
 ALGO = "stream_q"
 
 
+STEP_SIZES = {"obgd": 1.0, "adaptive": 1.0, "intentional": 0.25}  # the Stream-X and intentional papers'
+
+
 @dataclass
-class Args(RunArgs):
+class Args(RunArgs, DiagnosticArgs, IntentionalArgs):
     env: str = "CartPole-v1"
     """gymnasium id with discrete actions: CartPole-v1, MinAtar/Breakout-v1, ALE/Breakout-v5 (Atari), ..."""
     total_timesteps: int = 5_000_000
     """environment steps to run (the paper's MinAtar runs: 5M)"""
     sarsa: bool = False
     """Stream SARSA(lambda): bootstrap from the next action taken (default: Stream Q(lambda), from the greedy one)"""
-    lr: float = 1.0
-    """step size alpha of ObGD (the paper: 1.0)"""
+    lr: Optional[float] = None
+    """step size: ObGD's alpha; intentional: eta, the intended change of Q(S, A); unset: 1.0 (obgd, adaptive), 0.25"""
     gamma: float = 0.99
     """discount factor"""
     trace_lambda: float = 0.8
@@ -81,10 +89,10 @@ class Args(RunArgs):
     """width of the hidden layers; unset: 32 for vector observations, 128 for images (the authors' defaults)"""
     sparsity: float = 0.9
     """fraction of each unit's incoming weights set to zero at initialisation"""
-    optimizer: Literal["obgd", "adaptive"] = "obgd"
-    """obgd, or adaptive: the trace divided by the running RMS of delta*z"""
+    optimizer: Literal["obgd", "adaptive", "intentional"] = "obgd"
+    """obgd; adaptive: the trace divided by the running RMS of delta*z; intentional: intentional updates"""
     beta2: float = 0.999
-    """adaptive: decay of the second-moment estimate of delta*z"""
+    """adaptive, intentional: decay of the second-moment estimate (of delta*z; of the gradient)"""
 
     obs_norm: bool = True
     """normalise observations with running (Welford) mean and variance (per element, images too)"""
@@ -95,11 +103,13 @@ class Args(RunArgs):
 
 
 def resolve_defaults(args, obs_shape):
-    images = len(obs_shape) > 1
+    """The defaults that depend on the observation (or the optimizer); returns where the step size came from."""
+    images, source = len(obs_shape) > 1, fill_unset(args, {"lr": STEP_SIZES[args.optimizer]}, args.optimizer)
     args.exploration_fraction = args.exploration_fraction if args.exploration_fraction is not None else (
         0.2 if images else 0.05)
     args.hidden_size = args.hidden_size or (128 if images else 32)
     args.time_feature = args.time_feature and not images
+    return source
 
 
 def epsilon_at(step, args):
@@ -206,8 +216,11 @@ class QNetwork(nn.Module):
                 nn.init.zeros_(layer.bias)
         self.requires_grad_(False)  # updated in place by ObGD; gradients come from grad_and_aux
 
+    def prepare(self, obs):  # MinAtar's channels-last planes to channels first
+        return obs.movedim(-1, 0) if self.channels_last else obs
+
     def forward(self, obs):
-        return self.head(self.features(obs.movedim(-1, 0) if self.channels_last else obs))
+        return self.head(self.features(self.prepare(obs)))
 
 
 # ------------------------------------------------------------------------------------------------- learner
@@ -248,16 +261,19 @@ class StreamQ(nn.Module):
         super().__init__()
         in_shape = (obs_shape[0] + 1,) if args.time_feature else tuple(obs_shape)
         self.q_net = QNetwork(in_shape, n_actions, args.hidden_size, args.sparsity)
-        self.opt = ObGD(self.q_net, args.lr, args.kappa, args.gamma * args.trace_lambda, args.optimizer == "adaptive",
-                        args.beta2)
+        decay = args.gamma * args.trace_lambda
+        self.opt = Intentional(self.q_net, args.lr, decay, args.beta2, args.clip_mult, args.beta_clip) \
+            if args.optimizer == "intentional" else ObGD(self.q_net, args.lr, args.kappa, decay,
+                                                         args.optimizer == "adaptive", args.beta2)
+        self.plasticity = Plasticity({"q": (self.q_net, self.q_net.features, ("head",), self.opt)}, args, None)
         self.obs_stats = RunningMeanVar(tuple(obs_shape))
         self.reward_scaler = RewardScaler(args.gamma)
         self.gamma, self.sarsa, self.n_actions, self.time_limit = args.gamma, args.sarsa, n_actions, time_limit
         self.epsilon_end = args.epsilon_end
         self.register_buffer("episode_step", torch.zeros(1, dtype=torch.float64))  # t, the time feature's counter
         self.obs_norm, self.reward_scale, self.time_feature = args.obs_norm, args.reward_scale, args.time_feature
-        self.metrics = MetricSums("losses/td_loss", "losses/q_values", "charts/epsilon", "health/step_size",
-                                  "health/trace_l1", "health/reward_std")
+        self.metrics = MetricSums("losses/td_loss", "losses/q_values", "charts/epsilon", "health/reward_std",
+                                  *(f"health/{name}" for name in self.opt.health_names))
 
     def observe(self, raw_obs, t):
         """Adds the observation to the running statistics, normalises it (algorithms.md 2), appends the time feature."""
@@ -314,10 +330,13 @@ class StreamQ(nn.Module):
         cut = torch.ones(()) if self.sarsa else s.greedy.float()  # Watkins: no credit past an exploratory action
         step = self.opt.propose(grads, delta, cut)
         ok = torch.isfinite(delta + step["norm"])
-        self.opt.apply(params, step, delta, ok)
+        with torch.no_grad():  # the hidden units at S for --plasticity-every (merged when compiled)
+            hidden = {"q": hidden_activations(self.q_net.features, self.q_net.prepare(s.obs))} \
+                if self.plasticity.active else None
+        self.plasticity.record(ok, hidden, {"q": self.opt.apply(params, step, ok)})
         self.metrics.add(ok, {"losses/td_loss": delta.square(), "losses/q_values": q, "charts/epsilon": s.epsilon,
-                              "health/step_size": step["step_size"], "health/trace_l1": step["norm"],
-                              "health/reward_std": reward_std})
+                              "health/reward_std": reward_std,
+                              **{f"health/{name}": value for name, value in step["health"].items()}})
         if not self.sarsa:
             next_action, next_greedy = self.act(self.q_net(next_obs), explore, s.random_action)
         return Acting(next_action, next_greedy, next_obs, ok)
@@ -344,6 +363,7 @@ def policy_parts(agent):
 
 def main(args, given=frozenset()):
     args, checkpoint = resume_args(args, given, ALGO)
+    source = fill_unset(args, {"lr": STEP_SIZES[args.optimizer]}, args.optimizer)
     unit = lambda x: 0 <= x <= 1  # noqa: E731
     check_args(args, positive=("lr", "kappa", "hidden_size"),
                ranges={"gamma": unit, "trace_lambda": unit, "epsilon_start": unit, "epsilon_end": unit,
@@ -354,7 +374,8 @@ def main(args, given=frozenset()):
     obs_shape, n_actions = env.observation_space.shape, int(env.action_space.n)
     hyperparams = {k: getattr(args, k) for k in ("sarsa", "lr", "gamma", "trace_lambda", "kappa", "epsilon_end",
                                                  "exploration_fraction", "hidden_size", "optimizer")}
-    run.start(agent, f"Stream {'SARSA' if args.sarsa else 'Q'}(lambda), {hyperparams}", policy=agent.evaluation_action,
+    name = f"{'Intentional' if args.optimizer == 'intentional' else 'Stream'} {'SARSA' if args.sarsa else 'Q'}(lambda)"
+    run.start(agent, f"{name}, {hyperparams} ({source})", policy=agent.evaluation_action,
               parts=policy_parts(agent))
     if run.resumed:
         agent.end_episode()  # the partial episode at a mid-episode save is dropped

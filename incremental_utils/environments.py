@@ -3,6 +3,7 @@ module:Id), DeepMind Control through shimmy, MinAtar, Atari with the usual prepr
 Problems are one-line RunErrors."""
 import functools
 import os
+import re
 import sys
 import warnings
 
@@ -13,7 +14,7 @@ import robots  # registers UR5Reacher-v0, UR5VisualReacher-v0 and Create2Mover-v
 import tasks  # registers VisualDotReacher-v0 and DotReacher-v0
 
 from .errors import RunError
-from .flags import PixelArgs
+from .flags import PixelArgs, env_kwargs
 from .image_envs import ActionRepeat, box_leaves, images_in, make_rendering, pixel_observations
 
 
@@ -81,12 +82,16 @@ def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=T
         raise RunError(f"--robot-host/--robot-port/--realtime apply only to {', '.join(robots.ENV_IDS)}")
     if "camera" in robot_kwargs and args.env not in robots.CAMERA_IDS:
         raise RunError(f"--camera applies only to {', '.join(robots.CAMERA_IDS)}")
+    extra = env_kwargs(args)
+    clash = sorted(set(extra) & {*robot_kwargs, "render_mode", "width", "height", "camera_id", "frameskip"})
+    if clash:
+        raise RunError(f"--env-kwargs {clash[0]}: set by the script's own flags; use those")
     if args.capture_video and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
         os.environ["MUJOCO_GL"] = "egl"  # headless: render off-screen
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading")
-            make = lambda **kwargs: gym.make(args.env, **robot_kwargs, **kwargs)  # noqa: E731
+            make = lambda **kwargs: gym.make(args.env, **robot_kwargs, **extra, **kwargs)  # noqa: E731
             env = make_rendering(args.env, camera_flags, make) if rendering else make(
                 **({"render_mode": "rgb_array"} if args.capture_video else {}), **({"frameskip": 1} if atari else {}))
         note_older_version(args.env)
@@ -95,6 +100,9 @@ def make_env(args, algo, action_spaces=(gym.spaces.Box,), finite_action_bounds=T
     except (robots.RobotError, RunError):
         raise
     except Exception as e:  # unknown id, missing dependency, broken rendering setup, ...
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if isinstance(e, TypeError) and unknown and unknown[1] in extra:
+            raise RunError(f"--env-kwargs {unknown[1]}: {args.env} takes no such keyword") from None
         message = " ".join(str(e).split()) if isinstance(e, gym.error.Error) else f"{type(e).__name__}: {e}"
         raise RunError(f"cannot make environment {args.env!r}: {message[:300]}") from None
     if args.capture_video:
@@ -176,3 +184,16 @@ def set_env_random_state(env, state):
         rng.bit_generator.state = state
     else:
         rng.set_state(state)
+
+
+# A task that changes over time (tasks/slippery.py) keeps its own state: its unwrapped environment has task_state()
+# and load_task_state(state, hold); the run checkpoints it, and evaluation is shown the training task as it is now.
+def task_state(env):
+    """The task's own state (a dict), or None for a task that does not change."""
+    return env.unwrapped.task_state() if callable(getattr(env.unwrapped, "task_state", None)) else None
+
+
+def load_task_state(env, state, hold=False):
+    """Puts back task_state(); with `hold`, the task stays as it is from here on (an evaluation environment)."""
+    if state is not None and callable(getattr(env.unwrapped, "load_task_state", None)):
+        env.unwrapped.load_task_state(state, hold=hold)

@@ -6,7 +6,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple
 
 import tyro
 
@@ -67,6 +67,8 @@ class RunArgs:
     """episodes per evaluation (--eval-every)"""
     init_from: Optional[str] = None
     """start a new run from the policy, critic and statistics in this .model, checkpoint or run directory"""
+    env_kwargs: Tuple[str, ...] = ()
+    """keyword arguments for the environment, KEY=VALUE each, e.g. --env-kwargs change_every=500000 (SlipperyHopper-v0)"""
 
 
 @dataclass
@@ -88,6 +90,61 @@ class PixelArgs:
     """repeat each action N environment steps, rewards summed (one agent step); unset: 8/4/2 for dm_control with --pixels, as the benchmarks do"""
     camera: Optional[str] = None
     """UR5VisualReacher: the real camera, an OpenCV device (0, /dev/video0 or a stream URL); unset: simulated"""
+    shared_encoder: bool = True
+    """images: one encoder for actor and critic, trained by the critic (1.7x faster than one each, learns sooner)"""
+    augment: Literal["none", "shift"] = "none"
+    """images: random shifts of an update's S by up to 2% of the image's side (the acting pass sees the centre)"""
+
+
+@dataclass
+class DiagnosticArgs:
+    """The flags of the scripts that watch plasticity (incremental_utils/plasticity.py; docs/algorithms.md 10)."""
+    plasticity_every: int = 10_000
+    """steps between plasticity/ diagnostics (dormant units, effective rank, mean |w|) over the latest 1000 steps; 0: none"""
+    dormant_tau: float = 0.025
+    """a unit is tau-dormant when its mean |activation| is at most tau times its layer's average (ReDo)"""
+
+
+@dataclass
+class PlasticityArgs(DiagnosticArgs):
+    """The diagnostics' flags and the remedies' (weight decay, UPGD, continual backprop), off by default."""
+    weight_decay: Optional[float] = None
+    """decoupled decay toward zero, p <- (1 - step size x wd) p each step; unset: 0.001 with --upgd (its default), else 0"""
+    upgd: bool = False
+    """utility-based perturbed gradient descent: avg.py's Adam becomes adaptive UPGD; stream_ac.py gates ObGD's step"""
+    upgd_sigma: float = 1e-3
+    """UPGD: standard deviation of the perturbation"""
+    upgd_beta_utility: float = 0.999
+    """UPGD: decay of each weight's utility trace"""
+    reinit: Literal["none", "cbp"] = "none"
+    """cbp: continual backprop, the lowest-utility mature hidden units replaced by freshly initialised ones"""
+    replacement_rate: float = 1e-4
+    """cbp: units replaced per mature unit per step (at most one per layer per step, the rest carried over)"""
+    maturity_threshold: int = 10_000
+    """cbp: steps a unit lives before it may be replaced"""
+    utility_decay: float = 0.99
+    """cbp: decay of each unit's contribution-utility trace"""
+
+
+@dataclass
+class IntentionalArgs:
+    """The flags of --optimizer intentional (incremental_utils/optimizers.py Intentional; SPEC.md 12)."""
+    clip_mult: float = 20.0
+    """intentional: delta is clipped at clip_mult times the running RMS of delta"""
+    beta_clip: float = 0.9998
+    """intentional: decay of the running mean of delta^2 that sets the clip"""
+    beta_norm: float = 0.9998
+    """intentional: decay of the running mean of |clipped delta| that normalises the policy's delta"""
+
+
+def check_intentional_args(args):
+    if not args.clip_mult > 0:
+        raise RunError(f"--clip-mult must be positive, got {args.clip_mult}")
+    for name in ("beta_clip", "beta_norm", "beta2"):
+        if not 0 <= getattr(args, name) < 1:
+            raise RunError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
+    if args.optimizer == "intentional" and isinstance(args, PlasticityArgs) and (args.upgd or args.weight_decay):
+        raise RunError("--upgd and --weight-decay act on ObGD's step; --optimizer intentional takes neither")
 
 
 # The pixel benchmarks' action repeat per DeepMind Control domain (DrQ, CURL, RAD); other domains and tasks: 1.
@@ -138,6 +195,15 @@ def flags_given(argv, args_class):
     return {n[3:] if n.startswith("no_") and n[3:] in args_class.__dataclass_fields__ else n for n in names}
 
 
+def fill_unset(args, defaults, source):
+    """Sets each flag of `defaults` ({name: value}) that the user left unset (None); returns where the values came
+    from, for the start-up line (e.g. "intentional defaults: actor_lr, critic_lr")."""
+    unset = [name for name in defaults if getattr(args, name) is None]
+    for name in unset:
+        setattr(args, name, defaults[name])
+    return f"{source} defaults: {', '.join(unset)}" if unset else "as given"
+
+
 def check_args(args, positive=(), ranges=None):
     """One-line errors for flags out of range: `positive` names must be > 0 (when set), `ranges` maps a name to a
     test its value must pass (when set). The run flags every script has are checked here too."""
@@ -156,6 +222,11 @@ def check_args(args, positive=(), ranges=None):
         raise RunError(f"--run-name must name a directory inside runs/, got {args.run_name!r}")
     if isinstance(args, PixelArgs):
         check_pixel_args(args)
+    if isinstance(args, DiagnosticArgs):
+        check_plasticity_args(args)
+    if isinstance(args, IntentionalArgs):
+        check_intentional_args(args)
+    env_kwargs(args)  # a malformed KEY=VALUE is refused now
     if args.eval_every and (args.robot_host or args.robot_port or (isinstance(args, PixelArgs) and args.camera)):
         raise RunError("--eval-every needs a second environment, and one robot cannot run two episodes at once; "
                        "evaluate a saved policy on the robot with scripts/evaluate.py")
@@ -172,6 +243,48 @@ def check_pixel_args(args):
     if not args.pixels and (args.fast_render or args.render_camera is not None):
         raise RunError("--render-camera and --fast-render choose how --pixels renders; add --pixels (an environment "
                        "with a camera image of its own is used as it is)")
+
+
+def weight_decay_of(args):
+    """--weight-decay, or its default where unset: UPGD's 1e-3 (SPEC.md 11) with --upgd, none without."""
+    if args.weight_decay is not None:
+        return args.weight_decay
+    return 1e-3 if args.upgd else 0.0
+
+
+def check_plasticity_args(args):
+    """The plasticity flags' checks, and weight decay's default resolved (so args.json records it)."""
+    checks = {"plasticity_every": lambda n: n >= 0, "dormant_tau": lambda t: 0 <= t < 1}
+    if isinstance(args, PlasticityArgs):
+        args.weight_decay = weight_decay_of(args)
+        checks.update({"weight_decay": lambda w: w >= 0, "upgd_sigma": lambda s: s >= 0,
+                       "upgd_beta_utility": lambda b: 0 <= b < 1, "replacement_rate": lambda r: 0 <= r <= 1,
+                       "maturity_threshold": lambda m: m >= 0, "utility_decay": lambda d: 0 <= d < 1})
+    for name, good in checks.items():
+        if not good(getattr(args, name)):
+            raise RunError(f"--{name.replace('_', '-')} is out of range: {getattr(args, name)}")
+
+
+def env_kwargs(args):
+    """--env-kwargs as a dict, each VALUE read as a number, true/false or none where it is one, else as text."""
+    out = {}
+    for item in args.env_kwargs:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise RunError(f"--env-kwargs takes KEY=VALUE pairs, got {item!r}")
+        lowered = text.strip().lower()
+        if lowered in ("true", "false", "none"):
+            value = {"true": True, "false": False, "none": None}[lowered]
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text
+        out[key] = value
+    return out
 
 
 def resume_args(args, given, algo):

@@ -68,6 +68,8 @@ class RunLog:
         self.writer.add_scalar("charts/episodic_length", episode_length, step)
         if "overruns" in info:
             self.writer.add_scalar("charts/cycle_overruns", info["overruns"], step)
+        for key, value in info.get("task", {}).items():  # a changing task's state (tasks/slippery.py): env/friction
+            self.writer.add_scalar(f"env/{key}", value, step)
         if time.time() - self.last_print >= 1.0:
             print(self.console_line(step, episodes, episode_return))
             self.last_print = time.time()

@@ -49,12 +49,13 @@ import robots
 
 from .checkpoints import check_spaces, load_policy, load_policy_source, made_with, save_atomic, save_model, space_sizes
 from .compiling import CompileError, check_torch, compile_update
-from .environments import env_random_state, make_env, set_env_random_state
+from .environments import env_random_state, load_task_state, make_env, set_env_random_state, task_state
 from .errors import NonFiniteStop, RunError
 from .evaluation import run_episodes
 from .flags import PixelArgs, resume_command
 from .logs import RunLog
 from .metrics import MetricSums
+from .plasticity import Plasticity
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episode i starts from reset(seed=args.seed + EVAL_SEED_OFFSET + i)
 AUTO_COMPILE_STEPS = 10_000  # --compile auto compiles budgets of at least this many steps
@@ -78,13 +79,14 @@ class Run:
         self.noise_gen = torch.Generator().manual_seed(args.seed)
         self.stage = "made"
         self.env = self.eval_env = self.learner = self.policy = self.log = None
-        self.parts, self.metrics, self.update_mode = {}, [], None
+        self.parts, self.metrics, self.probes, self.update_mode = {}, [], [], None
+        self.task = None  # the changing task's {"friction", "segment", ...} at the last episode end, if it has one
         self.stop_signal, self.old_handlers = None, {}
         self.global_step = self.episodes = self.skipped = self.exit_code = 0
         self.episode_return, self.episode_length, self.recent_returns = 0.0, 0, []
         self.last_ok, self.in_update = True, False  # the last update's flag; whether an update is running now
         self.wandb_id, self.message = None, ""
-        self.last_checkpoint_step = self.last_eval_step = 0
+        self.last_checkpoint_step = self.last_eval_step = self.last_probe_step = 0
 
     def _require(self, stage, doing):
         if STAGES.index(self.stage) < STAGES.index(stage):
@@ -119,6 +121,7 @@ class Run:
         args = self.args
         self.learner, self.policy, self.parts = learner, policy, dict(parts or {})
         self.metrics = [m for m in learner.modules() if isinstance(m, MetricSums)]
+        self.probes = [m for m in learner.modules() if isinstance(m, Plasticity)]
         try:
             self._restore(learner)
             try:  # made only now: a refused flag, environment or checkpoint leaves no directory behind
@@ -135,7 +138,7 @@ class Run:
         except BaseException:
             self._close_envs()
             raise
-        self.last_checkpoint_step = self.last_eval_step = self.global_step
+        self.last_checkpoint_step = self.last_eval_step = self.last_probe_step = self.global_step
         self.old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.stage = "started"
 
@@ -152,6 +155,7 @@ class Run:
                 raise RunError(f"the checkpoint's learner state does not fit this {self.algo}.py "
                                f"({str(e).splitlines()[0]})") from None
             self.global_step, self.episodes = checkpoint["global_step"], checkpoint["episodes"]
+            load_task_state(self.env, checkpoint.get("task"))  # a changing task goes on where it was
             self.wandb_id = checkpoint["wandb_id"]
             self.noise_gen.set_state(checkpoint["rng"]["noise"])
             torch.set_rng_state(checkpoint["rng"]["torch"])
@@ -269,8 +273,15 @@ class Run:
         return out
 
     def log_window(self):
-        """Every --log-every steps: the means of the learner's MetricSums, update latency, skips and SPS."""
+        """Every --log-every steps: the means of the learner's MetricSums, update latency, skips and SPS; and the
+        learner's Plasticity report when it is due (computed here, outside the update)."""
+        last = self.log.window_step
         self.log.window(self.global_step, self.metrics, self.skipped)
+        for probe in self.probes:
+            if self.log.window_step != last and probe.due(self.global_step, self.last_probe_step):
+                for tag, value in probe.report().items():
+                    self.log.scalar(tag, value, self.global_step)
+                self.last_probe_step = self.global_step
 
     def episode_over(self, out, terminated, truncated):
         """Whether the episode ends at this step: it terminated or was truncated, the step was skipped (out is None),
@@ -285,6 +296,7 @@ class Run:
         --eval-every is due and writes a checkpoint when one is due. Call it after the learner's own end of episode."""
         self.episodes += 1
         self.recent_returns = (self.recent_returns + [self.episode_return])[-10:]
+        self.task = info.get("task", self.task)
         self.log.episode(self.global_step, self.episodes, self.episode_return, self.episode_length, info)
         self.episode_return, self.episode_length = 0.0, 0
         every = self.args.eval_every
@@ -298,6 +310,7 @@ class Run:
         """--eval-episodes episodes of the policy's deterministic action without learning, on the evaluation
         environment; the same start states every time. Touches none of training's random streams, so a run gives the
         same training returns with and without evaluation."""
+        load_task_state(self.eval_env, task_state(self.env), hold=True)  # the task as training meets it now
         returns, lengths = run_episodes(self.eval_env, self.policy, self.args.eval_episodes,
                                         self.args.seed + EVAL_SEED_OFFSET)
         self.log.scalar("eval/episodic_return", np.mean(returns), self.global_step)
@@ -316,7 +329,8 @@ class Run:
         obs_dim, act_dim = space_sizes(self.env)
         save_atomic({"algo": self.algo, "args": asdict(self.args), "obs_dim": obs_dim, "act_dim": act_dim,
                      "global_step": self.global_step, "episodes": self.episodes, "mid_episode": mid_episode,
-                     "learner": self.learner.state_dict(), "rng": rng, "wandb_id": self.wandb_id}, path)
+                     "learner": self.learner.state_dict(), "rng": rng, "wandb_id": self.wandb_id,
+                     "task": task_state(self.env)}, path)
         for old in sorted(path.parent.glob("step_*.pt"))[:-self.args.keep_checkpoints]:
             old.unlink()
         return path
@@ -381,7 +395,8 @@ class Run:
                        {name: module.state_dict() for name, module in self.parts.items()}, self.env, self.global_step)
         (self.dir / "summary.json").write_text(json.dumps({
             "finished": True, "global_step": self.global_step, "episodes": self.episodes,
-            "mean_return_last10": float(np.mean(self.recent_returns)) if self.recent_returns else None}))
+            "mean_return_last10": float(np.mean(self.recent_returns)) if self.recent_returns else None,
+            **({"task": self.task} if self.task is not None else {})}))
         print(f"done: {self.global_step} steps, {self.episodes} episodes, logs in {self.dir}")
         return 0
 

@@ -93,11 +93,11 @@ def check_compiled(run_dir, mode):
     return update
 
 
-def run_ours(algo, mode, args, workdir, steps, warmup, env_id, tag=""):
+def run_ours(algo, mode, args, workdir, steps, warmup, env_id, tag="", variant=""):
     run_name = f"bench_{algo}_{mode}{tag}"
     cmd = [sys.executable, str(REPO / f"{algo}.py"), "--env", env_id, "--total-timesteps", str(steps),
            "--seed", "1", "--log-every", str(args.log_every), "--compile", mode, "--run-name", run_name,
-           "--checkpoint-every", str(steps // 2), *shlex.split(args.script_args)]
+           "--checkpoint-every", str(steps // 2), *shlex.split(args.script_args), *shlex.split(variant)]
     code, lines, stderr, rss = run_pinned(cmd, args.cpu, workdir)
     if code != 0:
         raise BenchError(f"{' '.join(cmd)} failed ({code}): {stderr.strip().splitlines()[-1:]}")
@@ -106,10 +106,10 @@ def run_ours(algo, mode, args, workdir, steps, warmup, env_id, tag=""):
     return run_dir, lines, rss, update
 
 
-def measure(algo, mode, args, workdir):
+def measure(algo, mode, args, workdir, variant="", tag=""):
     steps, warmup = (args.steps, args.warmup) if mode == "on" else (args.eager_steps, args.eager_warmup)
     env_id = args.env or DEFAULT_ENVS.get(algo, "Hopper-v4")
-    run_dir, _, rss, update = run_ours(algo, mode, args, workdir, steps, warmup, env_id)
+    run_dir, _, rss, update = run_ours(algo, mode, args, workdir, steps, warmup, env_id, tag, variant)
 
     def after(tag):  # the values logged after the warm-up
         logged_steps, values = read_scalars(run_dir, tag)
@@ -210,6 +210,10 @@ def main(argv=None):
     parser.add_argument("--script-args", default="", metavar="FLAGS",
                         help="more flags for each of our runs, one string after '=' "
                              "(e.g. --script-args='--no-shared-encoder')")
+    parser.add_argument("--variants", nargs="+", default=[], metavar="NAME=FLAGS",
+                        help="measure each script once per variant, its FLAGS added (e.g. plain='--plasticity-every 0' "
+                             "diagnostics=''), side by side")
+    parser.add_argument("--repeats", type=int, default=1, help="measurements of each row, in turns (medians shown)")
     parser.add_argument("--reference", nargs="+", default=[], metavar="DIR",
                         help="checkouts of the authors' released code to time beside ours")
     parser.add_argument("--reference-steps", type=int, default=100_000,
@@ -219,14 +223,26 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.warmup >= args.steps or args.eager_warmup >= args.eager_steps:
         parser.error("the warm-up must be shorter than the measurement")
+    if any("=" not in v for v in args.variants) or args.repeats < 1:
+        parser.error("--variants takes NAME=FLAGS items, and --repeats must be at least 1")
+    args.variants = [tuple(v.split("=", 1)) for v in args.variants] or [("", "")]
     rows, references = [], []
     try:
         pairs = [(algo, folder) for algo, folder in find_references(args.reference) if algo in args.algos]
         with tempfile.TemporaryDirectory() as workdir:
             for algo in args.algos:
                 for mode in args.modes:
-                    print(f"measuring {algo} (compile {mode}) ...", file=sys.stderr, flush=True)
-                    rows.append((algo, mode, measure(algo, mode, args, workdir)))
+                    # Variants side by side, and with --repeats in turns, so that they share the machine's moods
+                    measured = {name: [] for name, _ in args.variants}
+                    for repeat in range(args.repeats):
+                        for i, (name, flags) in enumerate(args.variants):
+                            print(f"measuring {algo} (compile {mode}{', ' + name if name else ''}, run {repeat + 1}) "
+                                  "...", file=sys.stderr, flush=True)
+                            measured[name].append(measure(algo, mode, args, workdir, flags, f"_{i}_{repeat}"))
+                    for name, runs in measured.items():
+                        best = {k: (float(np.median([r[k] for r in runs])) if isinstance(runs[0][k], float)
+                                    else runs[0][k]) for k in runs[0]}
+                        rows.append((algo, mode, {**best, "variant": name, "runs": len(runs)}))
             for algo, folder in pairs:
                 print(f"measuring {folder / REFERENCES[algo][0]} beside {algo}.py ...", file=sys.stderr, flush=True)
                 references.append((algo, measure_reference(algo, folder, args, workdir)))
@@ -268,12 +284,14 @@ def print_tables(args, rows, references):
           f"{args.eager_steps} steps, after step {args.eager_warmup}; {cpu}, {os.cpu_count()} cores, pinned to CPU "
           f"{args.cpu}, torch {torch.__version__} (1 thread), {datetime.date.today()}\n")
     if rows:
-        print("| script | environment | update | env steps/s | update p50 (us) | update p99 (us) | peak RSS (MB) "
-              "| learner state (KB) | replay buffer (KB) | compile (s) |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        named = any(r["variant"] for _, _, r in rows)
+        print("| script |" + (" variant |" if named else "") + " environment | update | env steps/s | update p50 (us) "
+              "| update p99 (us) | peak RSS (MB) | learner state (KB) | replay buffer (KB) | compile (s) |")
+        print("|---|" + ("---|" if named else "") + "---|---|---|---|---|---|---|---|---|")
         for algo, mode, r in rows:
             compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
-            print(f"| {algo}.py | {r['env']} | {'compiled' if mode == 'on' else 'eager'} | {r['sps']:.0f} | "
+            variant = f" {r['variant']} |" if named else ""
+            print(f"| {algo}.py |{variant} {r['env']} | {'compiled' if mode == 'on' else 'eager'} | {r['sps']:.0f} | "
                   f"{r['p50']:.0f} | {r['p99']:.0f} | {r['rss_mb']:.0f} | {r['state_kb']:.0f} | {r['buffer_kb']:.0f} | "
                   f"{compile_s} |")
         env_id = args.env or "Hopper-v4"

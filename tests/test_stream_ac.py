@@ -16,9 +16,16 @@ from helpers import assert_states_close, run_script, scalars
 GAMMA, LAMBDA = 0.99, 0.8
 
 
+def stream_ac_args(**overrides):
+    """stream_ac.Args with the optimizer's step sizes where unset, as make_learner() fills them."""
+    args = stream_ac.Args(**overrides)
+    stream_ac.fill_unset(args, dict(zip(("actor_lr", "critic_lr"), stream_ac.STEP_SIZES[args.optimizer])), "")
+    return args
+
+
 def make_learner(obs_dim=5, act_dim=2, seed=0, **overrides):
     torch.manual_seed(seed)
-    return stream_ac.StreamAC(obs_dim, np.full(act_dim, -2.0), np.full(act_dim, 3.0), stream_ac.Args(**overrides))
+    return stream_ac.StreamAC(obs_dim, np.full(act_dim, -2.0), np.full(act_dim, 3.0), stream_ac_args(**overrides))
 
 
 def random_transitions(n, obs_dim=5, act_dim=2, seed=1, episode_length=7):
@@ -139,7 +146,7 @@ def test_obgd_bound_shrinks_the_step_exactly_when_it_would_overshoot(l1, delta, 
     grads = {k: torch.tensor(g * l1 / total, dtype=torch.float32) for k, g in raw.items()}  # ||grad||_1 = l1
     delta_t = torch.tensor(delta)
     proposal = opt.propose(grads, delta_t)
-    opt.apply(params, proposal, delta_t, torch.tensor(True))
+    opt.apply(params, proposal, torch.tensor(True))
     m = 1.0 * 2.0 * max(abs(delta), 1.0) * l1
     step = 1.0 / m if m > 1 else 1.0
     assert (step < 1.0) == shrinks
@@ -161,7 +168,7 @@ def test_traces_decay_accumulate_and_reset_at_episode_end():
         z = {k: GAMMA * LAMBDA * z[k] + grads[k] for k in z}
         m = 2.0 * max(abs(delta), 1.0) * sum(np.abs(v).sum() for v in z.values())
         proposal = opt.propose({k: torch.tensor(g, dtype=torch.float32) for k, g in grads.items()}, torch.tensor(delta))
-        opt.apply(params, proposal, torch.tensor(delta), torch.tensor(True))
+        opt.apply(params, proposal, torch.tensor(True))
         for k, p in params.items():
             np.testing.assert_allclose(dict(opt.trace.named_parameters())[k].numpy(), z[k], rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(p.numpy(), before[k] + delta * z[k] / max(m, 1.0), rtol=1e-4, atol=1e-6)
@@ -188,7 +195,7 @@ def test_adaptive_obgd_normalises_the_trace_like_numpy():
         m = 0.5 * 3.0 * max(abs(delta), 1.0) * sum(np.abs(d).sum() for d in direction.values())
         step = 0.5 / m if m > 1 else 0.5
         proposal = opt.propose({k: torch.tensor(g, dtype=torch.float32) for k, g in grads.items()}, torch.tensor(delta))
-        opt.apply(params, proposal, torch.tensor(delta), torch.tensor(True))
+        opt.apply(params, proposal, torch.tensor(True))
         assert proposal["step_size"].item() == pytest.approx(step, rel=1e-4)
         for k, p in params.items():
             np.testing.assert_allclose(dict(opt.second_moment.named_parameters())[k].numpy(), v[k], rtol=1e-4)
@@ -201,7 +208,7 @@ def test_rejected_update_changes_nothing():
     params = dict(net.named_parameters())
     before = copy.deepcopy(opt.state_dict()), {k: p.clone() for k, p in params.items()}
     grads = {k: torch.full_like(p, float("nan")) for k, p in params.items()}
-    opt.apply(params, opt.propose(grads, torch.tensor(1.0)), torch.tensor(1.0), torch.tensor(False))
+    opt.apply(params, opt.propose(grads, torch.tensor(1.0)), torch.tensor(False))
     assert all(torch.equal(before[0][k], v) for k, v in opt.state_dict().items())
     assert all(torch.equal(before[1][k], p) for k, p in params.items())
 
@@ -341,7 +348,7 @@ def test_skip_mode_goes_on_without_sending_a_non_finite_action(tmp_path, env, sk
 # ---------------------------------------------------------------------------------------- discrete actions
 def make_discrete(obs_shape=(4,), n_actions=3, seed=0, **overrides):
     torch.manual_seed(seed)
-    return stream_ac.StreamAC(obs_shape, None, None, stream_ac.Args(**{"hidden_size": 16, **overrides}),
+    return stream_ac.StreamAC(obs_shape, None, None, stream_ac_args(**{"hidden_size": 16, **overrides}),
                               n_actions=n_actions)
 
 
