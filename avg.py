@@ -25,7 +25,7 @@ from incremental_utils.gradients import all_finite, grad_and_aux
 from incremental_utils.metrics import MetricSums
 from incremental_utils.observations import Observation, as_observation, zero_observation
 from incremental_utils.optimizers import Adam
-from incremental_utils.plasticity import Plasticity, hidden_activations
+from incremental_utils.plasticity import Plasticity, trunk_outputs
 from incremental_utils.run import Run
 
 ALGO = "avg"
@@ -182,11 +182,8 @@ class Actor(nn.Module):
         self.mu, self.log_std = nn.Linear(hidden, act_dim), nn.Linear(hidden, act_dim)
         orthogonal_init(self)
 
-    def hidden(self, obs, augment=False):  # each hidden layer's units, for the plasticity tools
-        return hidden_activations(self.trunk, network_input(self.encoder or self.shared, obs, augment))
-
-    def forward(self, obs, noise, augment=False):
-        features = self.trunk(network_input(self.encoder or self.shared, obs, augment))
+    def forward(self, obs, noise, augment=False, hidden=None):  # hidden: a list that receives each hidden layer's
+        features = trunk_outputs(self.trunk, network_input(self.encoder or self.shared, obs, augment), hidden)  # units
         mu, log_std = self.mu(features), self.log_std(features).clamp(-20, 2)
         u = mu + log_std.exp() * noise
         log_prob = (-0.5 * noise.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -202,11 +199,9 @@ class Critic(nn.Module):
         self.q = nn.Linear(hidden, 1)
         orthogonal_init(self)
 
-    def hidden(self, obs, action, augment=False):
-        return hidden_activations(self.trunk, torch.cat([network_input(self.encoder, obs, augment), action], -1))
-
-    def forward(self, obs, action, augment=False):
-        return self.q(self.trunk(torch.cat([network_input(self.encoder, obs, augment), action], -1))).squeeze(-1)
+    def forward(self, obs, action, augment=False, hidden=None):
+        x = torch.cat([network_input(self.encoder, obs, augment), action], -1)
+        return self.q(trunk_outputs(self.trunk, x, hidden)).squeeze(-1)
 
 
 # ------------------------------------------------------------------------------------------------- learner
@@ -296,19 +291,22 @@ class AVG(nn.Module):
                                                                                             generator=generator)
         return self.act(obs, noise)[0]
 
-    def losses(self, params, obs, noise, next_obs, next_noise, reward, discount, sigma):
+    def losses(self, params, obs, noise, next_obs, next_noise, reward, discount, sigma, hidden):
         """The paper's two losses (algorithms.md 1), summed for one backward pass: each reads the other network only
-        detached, so autograd gives each network the gradient of its own loss alone."""
+        detached, so autograd gives each network the gradient of its own loss alone. hidden: {network: list or None}
+        receives the hidden units at (S, A) for the plasticity tools, from these passes (no extra forward pass)."""
         actor_params, critic_params = params
         #### Actor loss: eta log pi(A_theta|S) - Q(S, A_theta), the gradient reaching the actor through the action.
         # N.B. the critic's parameters are detached: this loss must not change the critic.
-        action, log_prob = torch.func.functional_call(self.actor, actor_params, (obs, noise, self.augment))
+        action, log_prob = torch.func.functional_call(self.actor, actor_params, (obs, noise, self.augment,
+                                                                                 hidden["actor"]))
         frozen_critic = {name: p.detach() for name, p in critic_params.items()}
         actor_loss = self.eta * log_prob - torch.func.functional_call(self.critic, frozen_critic,
                                                                       (obs, action, self.augment))
         #### Critic loss: delta^2, the TD error with A' ~ pi(.|S') drawn without gradient, scaled by sigma_delta.
         # N.B. A is detached: this loss must not change the actor.
-        q = torch.func.functional_call(self.critic, critic_params, (obs, action.detach(), self.augment))
+        q = torch.func.functional_call(self.critic, critic_params, (obs, action.detach(), self.augment,
+                                                                     hidden["critic"]))
         with torch.no_grad():
             next_action, next_log_prob = self.actor(next_obs, next_noise)
             next_q = (self.target if self.target is not None else self.critic)(next_obs, next_action)
@@ -328,17 +326,15 @@ class AVG(nn.Module):
         self.td_scaler.update((s.reward - self.eta * s.log_prob).double(), discount.double())
         sigma = self.td_scaler.sigma() if self.scale_td else torch.ones(())
         actor_params, critic_params = dict(self.actor.named_parameters()), dict(self.critic.named_parameters())
+        hidden = {"actor": [], "critic": []} if self.plasticity.active else {"actor": None, "critic": None}
         (actor_grads, critic_grads), (delta, actor_loss, policy_log_prob, q) = grad_and_aux(
             self.losses, (actor_params, critic_params), s.obs, s.noise, next_obs, s.noises[0], s.reward, discount,
-            sigma)
+            sigma, hidden)
         ok = all_finite(delta + actor_loss, actor_grads, critic_grads)
-        with torch.no_grad():  # the hidden units at (S, A) for --plasticity-every, --reinit cbp (merged when compiled)
-            hidden = {"actor": self.actor.hidden(s.obs, self.augment), "critic": self.critic.hidden(
-                s.obs, self.actor(s.obs, s.noise, self.augment)[0], self.augment)} if self.plasticity.active else None
         noise = s.perturbation.split([self.actor_opt.noise_size, self.critic_opt.noise_size])  # --upgd
         changes = {"actor": self.actor_opt.step(actor_params, actor_grads, ok, noise[0]),
                    "critic": self.critic_opt.step(critic_params, critic_grads, ok, noise[1])}
-        self.plasticity.record(ok, hidden, changes)
+        self.plasticity.record(ok, hidden if self.plasticity.active else None, changes)
         if self.target is not None:
             for target, param in zip(self.target.parameters(), critic_params.values()):
                 target.copy_(torch.where(ok, target.lerp(param, self.tau), target))

@@ -36,7 +36,7 @@ from incremental_utils.gradients import grad_and_aux
 from incremental_utils.metrics import MetricSums
 from incremental_utils.observations import Observation, as_observation, zero_observation
 from incremental_utils.optimizers import Intentional, ObGD
-from incremental_utils.plasticity import Plasticity, hidden_activations
+from incremental_utils.plasticity import Plasticity, trunk_outputs
 from incremental_utils.run import Run
 
 ALGO = "stream_ac"
@@ -185,11 +185,8 @@ class Actor(nn.Module):
             self.mu, self.std = nn.Linear(hidden, act_dim), nn.Linear(hidden, act_dim)
         init_(self, sparsity)
 
-    def hidden(self, obs, augment=False):  # each hidden layer's units, for the plasticity tools
-        return hidden_activations(self.trunk, network_input(self.encoder or self.shared, obs, augment))
-
-    def forward(self, obs, augment=False):
-        features = self.trunk(network_input(self.encoder or self.shared, obs, augment))
+    def forward(self, obs, augment=False, hidden=None):  # hidden: a list that receives each hidden layer's units
+        features = trunk_outputs(self.trunk, network_input(self.encoder or self.shared, obs, augment), hidden)
         if hasattr(self, "logits"):
             return self.logits(features).log_softmax(-1), None
         return self.mu(features), F.softplus(self.std(features))
@@ -205,11 +202,8 @@ class Critic(nn.Module):
         self.v = nn.Linear(hidden, 1)
         init_(self, sparsity)
 
-    def hidden(self, obs, augment=False):
-        return hidden_activations(self.trunk, network_input(self.encoder, obs, augment))
-
-    def forward(self, obs, augment=False):
-        return self.v(self.trunk(network_input(self.encoder, obs, augment))).squeeze(-1)
+    def forward(self, obs, augment=False, hidden=None):
+        return self.v(trunk_outputs(self.trunk, network_input(self.encoder, obs, augment), hidden)).squeeze(-1)
 
 
 # ------------------------------------------------------------------------------------------------- learner
@@ -321,13 +315,13 @@ class StreamAC(nn.Module):
                                                                                           generator=generator)
         return self.act(obs, noise)[0]
 
-    def objectives(self, params, obs, sample, next_obs, reward, discount):
+    def objectives(self, params, obs, sample, next_obs, reward, discount, hidden):  # hidden: lists, for plasticity
         actor_params, critic_params = params
-        v = torch.func.functional_call(self.critic, critic_params, (obs, self.augment))
+        v = torch.func.functional_call(self.critic, critic_params, (obs, self.augment, hidden["critic"]))
         with torch.no_grad():
             next_v = self.critic(next_obs)
         delta = (reward + discount * next_v - v).detach()
-        policy = torch.func.functional_call(self.actor, actor_params, (obs, self.augment))
+        policy = torch.func.functional_call(self.actor, actor_params, (obs, self.augment, hidden["actor"]))
         log_pi, ent = self.log_prob_and_entropy(policy, sample)
         # The two networks share no parameter, so one backward pass of the sum gives each its own gradient:
         # grad V(S) for the critic, grad [log pi + eta sign(delta) H] for the actor.
@@ -345,19 +339,17 @@ class StreamAC(nn.Module):
         reward_std = (self.reward_scaler.stats.var() + 1e-8).sqrt().float().reshape(())  # 1 when not scaling
         discount = self.gamma * (1.0 - s.terminated)
         actor_params, critic_params = dict(self.actor.named_parameters()), dict(self.critic.named_parameters())
+        hidden = {"actor": [], "critic": []} if self.plasticity.active else {"actor": None, "critic": None}
         (actor_grads, critic_grads), (delta, actor_loss, ent, v) = grad_and_aux(
-            self.objectives, (actor_params, critic_params), s.obs, s.sample, next_obs, reward, discount)
+            self.objectives, (actor_params, critic_params), s.obs, s.sample, next_obs, reward, discount, hidden)
         noise = s.perturbation.split([self.actor_opt.noise_size, self.critic_opt.noise_size])  # --upgd
         actor_step = self.actor_opt.propose(actor_grads, delta, params=actor_params, noise=noise[0])
         critic_step = self.critic_opt.propose(critic_grads, delta, params=critic_params, noise=noise[1])
         # The norms sum every trace entry: finite norms mean finite traces, hence finite updates.
         ok = torch.isfinite(delta + actor_loss + actor_step["norm"] + critic_step["norm"])
-        with torch.no_grad():  # the hidden units at S for --plasticity-every, --reinit cbp (merged when compiled)
-            hidden = {"actor": self.actor.hidden(s.obs, self.augment),
-                      "critic": self.critic.hidden(s.obs, self.augment)} if self.plasticity.active else None
         changes = {"actor": self.actor_opt.apply(actor_params, actor_step, ok),
                    "critic": self.critic_opt.apply(critic_params, critic_step, ok)}
-        self.plasticity.record(ok, hidden, changes)
+        self.plasticity.record(ok, hidden if self.plasticity.active else None, changes)
         self.metrics.add(ok, {"losses/critic_loss": delta.square(), "losses/actor_loss": actor_loss,
                               "health/entropy": ent, "health/abs_v": v.abs(), "health/reward_std": reward_std,
                               **{f"health/{net}_{name}": value for net, step in (("actor", actor_step),

@@ -54,7 +54,7 @@ from incremental_utils.flags import (DiagnosticArgs, IntentionalArgs, RunArgs, c
 from incremental_utils.gradients import grad_and_aux
 from incremental_utils.metrics import MetricSums
 from incremental_utils.optimizers import Intentional, ObGD
-from incremental_utils.plasticity import Plasticity, hidden_activations
+from incremental_utils.plasticity import Plasticity, trunk_outputs
 from incremental_utils.run import Run
 
 ALGO = "stream_q"
@@ -216,11 +216,8 @@ class QNetwork(nn.Module):
                 nn.init.zeros_(layer.bias)
         self.requires_grad_(False)  # updated in place by ObGD; gradients come from grad_and_aux
 
-    def prepare(self, obs):  # MinAtar's channels-last planes to channels first
-        return obs.movedim(-1, 0) if self.channels_last else obs
-
-    def forward(self, obs):
-        return self.head(self.features(self.prepare(obs)))
+    def forward(self, obs, hidden=None):  # hidden: a list that receives each hidden layer's units
+        return self.head(trunk_outputs(self.features, obs.movedim(-1, 0) if self.channels_last else obs, hidden))
 
 
 # ------------------------------------------------------------------------------------------------- learner
@@ -302,8 +299,8 @@ class StreamQ(nn.Module):
         explore = torch.rand((), generator=generator) < self.epsilon_end
         return self.act(q, explore, torch.randint(self.n_actions, (), generator=generator))[0]
 
-    def q_taken(self, params, obs, action):
-        q = torch.func.functional_call(self.q_net, params[0], (obs,)).gather(0, action.reshape(1)).squeeze(0)
+    def q_taken(self, params, obs, action, hidden):  # hidden: a list for the plasticity tools' hidden units, or None
+        q = torch.func.functional_call(self.q_net, params[0], (obs, hidden)).gather(0, action.reshape(1)).squeeze(0)
         return q, q.detach()
 
     def acting(self, obs, explore, random_action, ok=True):
@@ -317,7 +314,8 @@ class StreamQ(nn.Module):
         reward = self.reward_scaler(s.reward) if self.reward_scale else s.reward
         reward_std = (self.reward_scaler.stats.var() + 1e-8).sqrt().float().reshape(())  # 1 when not scaling
         params = dict(self.q_net.named_parameters())
-        (grads,), q = grad_and_aux(self.q_taken, (params,), s.obs, s.action)
+        hidden = [] if self.plasticity.active else None
+        (grads,), q = grad_and_aux(self.q_taken, (params,), s.obs, s.action, hidden)
         explore = s.coin < s.epsilon
         with torch.no_grad():
             next_q = self.q_net(next_obs)  # before the update
@@ -330,10 +328,8 @@ class StreamQ(nn.Module):
         cut = torch.ones(()) if self.sarsa else s.greedy.float()  # Watkins: no credit past an exploratory action
         step = self.opt.propose(grads, delta, cut)
         ok = torch.isfinite(delta + step["norm"])
-        with torch.no_grad():  # the hidden units at S for --plasticity-every (merged when compiled)
-            hidden = {"q": hidden_activations(self.q_net.features, self.q_net.prepare(s.obs))} \
-                if self.plasticity.active else None
-        self.plasticity.record(ok, hidden, {"q": self.opt.apply(params, step, ok)})
+        self.plasticity.record(ok, {"q": hidden} if self.plasticity.active else None,
+                               {"q": self.opt.apply(params, step, ok)})
         self.metrics.add(ok, {"losses/td_loss": delta.square(), "losses/q_values": q, "charts/epsilon": s.epsilon,
                               "health/reward_std": reward_std,
                               **{f"health/{name}": value for name, value in step["health"].items()}})

@@ -27,6 +27,16 @@ def hidden_activations(trunk, x):
     return out + [x]
 
 
+def trunk_outputs(trunk, x, hidden=None):
+    """trunk(x); when `hidden` is a list, each hidden layer's units (hidden_activations(), detached) are appended to it
+    from the same pass, so that a learner's loss hands the plasticity tools what it computed anyway."""
+    if hidden is None:
+        return trunk(x)
+    layers = hidden_activations(trunk, x)
+    hidden.extend(h.detach() for h in layers)
+    return layers[-1]
+
+
 def hidden_layers(trunk, heads, prefix=""):
     """[(name of a hidden Linear of `trunk`, [names of the layers that read its units])]: each Linear of the trunk is
     read by the trunk's next Linear, the last by the `heads`. Trunk layers are named with `prefix` (the trunk's name
