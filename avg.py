@@ -332,9 +332,9 @@ class AVG(nn.Module):
             sigma, hidden)
         ok = all_finite(delta + actor_loss, actor_grads, critic_grads)
         noise = s.perturbation.split([self.actor_opt.noise_size, self.critic_opt.noise_size])  # --upgd
-        changes = {"actor": self.actor_opt.step(actor_params, actor_grads, ok, noise[0]),
-                   "critic": self.critic_opt.step(critic_params, critic_grads, ok, noise[1])}
-        self.plasticity.record(ok, hidden if self.plasticity.active else None, changes)
+        self.actor_opt.step(actor_params, actor_grads, ok, noise[0])
+        self.critic_opt.step(critic_params, critic_grads, ok, noise[1])
+        self.plasticity.record(ok, hidden if self.plasticity.active else None)
         if self.target is not None:
             for target, param in zip(self.target.parameters(), critic_params.values()):
                 target.copy_(torch.where(ok, target.lerp(param, self.tau), target))

@@ -347,9 +347,9 @@ class StreamAC(nn.Module):
         critic_step = self.critic_opt.propose(critic_grads, delta, params=critic_params, noise=noise[1])
         # The norms sum every trace entry: finite norms mean finite traces, hence finite updates.
         ok = torch.isfinite(delta + actor_loss + actor_step["norm"] + critic_step["norm"])
-        changes = {"actor": self.actor_opt.apply(actor_params, actor_step, ok),
-                   "critic": self.critic_opt.apply(critic_params, critic_step, ok)}
-        self.plasticity.record(ok, hidden if self.plasticity.active else None, changes)
+        self.actor_opt.apply(actor_params, actor_step, ok)
+        self.critic_opt.apply(critic_params, critic_step, ok)
+        self.plasticity.record(ok, hidden if self.plasticity.active else None)
         self.metrics.add(ok, {"losses/critic_loss": delta.square(), "losses/actor_loss": actor_loss,
                               "health/entropy": ent, "health/abs_v": v.abs(), "health/reward_std": reward_std,
                               **{f"health/{net}_{name}": value for net, step in (("actor", actor_step),

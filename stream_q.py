@@ -328,8 +328,8 @@ class StreamQ(nn.Module):
         cut = torch.ones(()) if self.sarsa else s.greedy.float()  # Watkins: no credit past an exploratory action
         step = self.opt.propose(grads, delta, cut)
         ok = torch.isfinite(delta + step["norm"])
-        self.plasticity.record(ok, {"q": hidden} if self.plasticity.active else None,
-                               {"q": self.opt.apply(params, step, ok)})
+        self.opt.apply(params, step, ok)
+        self.plasticity.record(ok, {"q": hidden} if self.plasticity.active else None)
         self.metrics.add(ok, {"losses/td_loss": delta.square(), "losses/q_values": q, "charts/epsilon": s.epsilon,
                               "health/reward_std": reward_std,
                               **{f"health/{name}": value for name, value in step["health"].items()}})

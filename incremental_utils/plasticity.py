@@ -11,7 +11,6 @@ import math
 import torch
 import torch.nn as nn
 
-from .metrics import MetricSums
 
 def hidden_activations(trunk, x):
     """What each hidden layer of `trunk` (an nn.Sequential of layers whose last is a hidden layer) hands on: the input
@@ -179,6 +178,9 @@ class ContinualBackprop(nn.Module):
         return replaced
 
 
+WATCHED = 100  # updates before each report whose size (the update norm) is measured
+
+
 class Plasticity(nn.Module):
     """A learner's plasticity tools, as PlasticityArgs asks for them: the probe (diagnostics, --plasticity-every) over
     its networks and continual backprop on each (--reinit cbp). networks: {name: (network, trunk, head names,
@@ -192,8 +194,7 @@ class Plasticity(nn.Module):
                   for name, (_, trunk, _) in networks.items()}
         self.probe = PlasticityProbe({name: (network, widths[name]) for name, (network, _, _) in networks.items()},
                                      args.plasticity_every, args.dormant_tau) if args.plasticity_every else None
-        self.update_norms = MetricSums(*(f"plasticity/{name}_update_norm" for name in networks)) \
-            if self.probe is not None else None
+        self.__dict__["update_norms"] = {name: [] for name in networks}  # of the watched steps since the last report
         self.register_buffer("replaced", torch.zeros(len(networks), dtype=torch.float64))
         prefixes = {name: next(n for n, m in network.named_modules() if m is trunk)
                     for name, (network, trunk, _) in networks.items()}
@@ -207,14 +208,11 @@ class Plasticity(nn.Module):
     def active(self):
         return self.probe is not None or self.cbp is not None
 
-    def record(self, ok, hidden, changes):
+    def record(self, ok, hidden):
         """One step's hidden activations, {network name: hidden_activations(...)} (None when inactive), to the probe
-        and to CBP's utilities; and the squared norm of each network's update, {network name: the optimiser step's
-        return}, logged as plasticity/NAME_update_norm (all inside the update)."""
+        and to CBP's utilities (inside the update)."""
         if self.probe is not None:
             self.probe.add(ok, hidden)
-            self.update_norms.add(ok, {f"plasticity/{name}_update_norm": change.sqrt()
-                                       for name, change in changes.items()})
         for name, cbp in (self.cbp or {}).items():
             cbp.track(ok, hidden[name])
 
@@ -230,9 +228,32 @@ class Plasticity(nn.Module):
     def due(self, step, last_step):
         return self.probe is not None and self.probe.due(step, last_step)
 
+    def watching(self, step):
+        """Whether step's update is one of the WATCHED before a report whose size is measured: the run copies the
+        parameters before it (before_update) and measures the change after it (after_update), outside the update,
+        so that no step pays for a pass over every parameter."""
+        return self.probe is not None and (step - 1) % self.probe.every >= self.probe.every - WATCHED  # up to a report
+
+    @torch.no_grad()
+    def before_update(self):
+        self.__dict__["before"] = {name: [p.clone() for p in net.parameters()]
+                                   for name, net in self.probe.networks.items()}
+
+    @torch.no_grad()
+    def after_update(self, ok):
+        for name, net in self.probe.networks.items():
+            if ok:
+                change = sum(float((p - b).square().sum()) for p, b in zip(net.parameters(), self.before[name]))
+                self.update_norms[name].append(math.sqrt(change))
+
     def report(self):
-        """The probe's tags, and each network's units replaced so far (plasticity/NAME_units_replaced)."""
+        """The probe's tags, each network's mean update norm over the watched steps (plasticity/NAME_update_norm)
+        and its units replaced so far (plasticity/NAME_units_replaced)."""
         scalars = self.probe.report()
+        for name, norms in self.update_norms.items():
+            if norms:
+                scalars[f"plasticity/{name}_update_norm"] = sum(norms) / len(norms)
+            norms.clear()
         for i, name in enumerate(self.cbp or {}):
             scalars[f"plasticity/{name}_units_replaced"] = float(self.replaced[i])
         return scalars

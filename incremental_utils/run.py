@@ -261,12 +261,17 @@ class Run:
         """fn(inputs): the update (timed for this log window's latency percentiles unless `timed` is false), and its
         outputs. An update whose outputs say not ok (a non-finite loss or gradient) stops the run, or with skip is
         counted. An exception raised inside it may leave the learner half-updated: guard() then saves nothing."""
+        watched = [probe for probe in self.probes if probe.watching(self.global_step)]
+        for probe in watched:  # --plasticity-every's update norm: a few steps before each report, outside the timing
+            probe.before_update()
         t0 = time.perf_counter()
         self.in_update = True
         out = fn(inputs)
         self.in_update = False
         if timed:
             self.log.update_took(time.perf_counter() - t0)
+        for probe in watched:
+            probe.after_update(bool(out.ok))
         self.last_ok = bool(out.ok)
         if not self.last_ok:
             self._nonfinite("loss or gradient")

@@ -373,3 +373,34 @@ def test_math_of_the_update_norm_is_the_l2_norm_of_the_change():
                                                torch.tensor(True))
     assert math.sqrt(change.item()) == pytest.approx(
         math.sqrt(sum((params[k] - before[k]).square().sum().item() for k in params)), rel=1e-5)
+
+
+def test_the_run_measures_the_update_norm_of_the_watched_steps_only():
+    """Plasticity.watching/before_update/after_update, as Run.step calls them: the mean L2 norm of the parameters'
+    change over the WATCHED steps before each report, the rest of the steps left alone."""
+    from types import SimpleNamespace
+
+    from incremental_utils.plasticity import WATCHED, Plasticity
+    net = torch.nn.ModuleDict({"trunk": torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LeakyReLU()),
+                               "head": torch.nn.Linear(4, 1)}).requires_grad_(False)
+    tools = Plasticity({"q": (net, net["trunk"], ("head",), None)}, SimpleNamespace(plasticity_every=500,
+                                                                                    dormant_tau=0.025), None)
+    tools.probe.add(torch.tensor(True), {"q": [torch.ones(4)]})
+    tools.probe.add(torch.tensor(True), {"q": [torch.zeros(4)]})
+    rng, norms = np.random.default_rng(0), []
+    for step in range(1, 501):
+        watched = tools.watching(step)
+        assert watched == (step > 500 - WATCHED)
+        if watched:
+            tools.before_update()
+        changes = [rng.normal(size=p.shape) * 0.01 for p in net.parameters()]
+        for p, c in zip(net.parameters(), changes):
+            p += torch.tensor(c, dtype=torch.float32)
+        if watched:
+            tools.after_update(ok=step != 450)  # a step not applied is not counted
+            if step != 450:
+                norms.append(math.sqrt(sum(float(np.square(np.float32(c)).sum()) for c in changes)))
+    report = tools.report()
+    assert len(norms) == WATCHED - 1
+    assert report["plasticity/q_update_norm"] == pytest.approx(np.mean(norms), rel=1e-4)
+    assert "plasticity/q_update_norm" not in tools.report()  # cleared at each report
