@@ -13,9 +13,11 @@ sac/td3 in its own column) from a checkpoint it writes. A compiled row is refuse
 args.json says its update fell back to eager.
 
 --reference DIR times the authors' released scripts from a checkout of theirs (gauthamvasan/avg: avg.py;
-mohmdelsayed/streaming-drl: stream_q_minatar.py, stream_ac_continuous.py) beside ours in the same invocation, on the
-same CPU and environment, for --reference-steps steps each, and prints the ratio. Both are timed the same way: wall
-clock between the step counters each prints after the warm-up (ours: the console line; theirs: their episode lines).
+mohmdelsayed/streaming-drl: stream_q_minatar.py, stream_ac_continuous.py; sharifnassab/Intentional_RL:
+intentional_ac.py, intentional_q_minatar.py, beside ours with --optimizer intentional) beside ours in the same
+invocation, on the same CPU and environment, for --reference-steps steps each, and prints the ratio. Both are timed the
+same way: wall clock between the step counters each prints after the warm-up (ours: the console line; theirs: their
+episode lines).
 Their code is run from DIR as it is, through a launcher that sets one torch thread, registers MinAtar's ids and lets
 gymnasium 1.x's episode statistics be indexed as the 0.29 ones were; nothing of theirs is copied here.
 Prints Markdown tables. Not a test: timings depend on the machine and on what else runs on it.
@@ -152,14 +154,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
 runpy.run_path(script, run_name="__main__")
 """
 
-# ours: (script, env), theirs: (file, how to say the env and the budget, other flags, their step counter)
+# theirs: file -> (our script, how to say the env and the budget, their other flags, their step counter, the default
+# env, our flags that make the same algorithm)
+STREAM_FLAGS = lambda env, n: ["--env_name", env, "--total_steps", str(n)]  # noqa: E731
 REFERENCES = {
-    "avg": ("avg.py", lambda env, n: ["--env", env, "--N", str(n)], ["--actor_lr", "1.1e-5", "--critic_lr", "7.7e-5",
-            "--alpha_lr", "0.3", "--results_dir", "results"], r"\| T: (\d+)", "Hopper-v4"),
-    "stream_q": ("stream_q_minatar.py", lambda env, n: ["--env_name", env, "--total_steps", str(n)], ["--debug"],
-                 r"Time Step (\d+)", "MinAtar/Breakout-v1"),
-    "stream_ac": ("stream_ac_continuous.py", lambda env, n: ["--env_name", env, "--total_steps", str(n)], ["--debug"],
-                  r"Time Step (\d+)", "Hopper-v4"),
+    "avg.py": ("avg", lambda env, n: ["--env", env, "--N", str(n)], ["--actor_lr", "1.1e-5", "--critic_lr", "7.7e-5",
+               "--alpha_lr", "0.3", "--results_dir", "results"], r"\| T: (\d+)", "Hopper-v4", ""),
+    "stream_q_minatar.py": ("stream_q", STREAM_FLAGS, ["--debug"], r"Time Step (\d+)", "MinAtar/Breakout-v1", ""),
+    "stream_ac_continuous.py": ("stream_ac", STREAM_FLAGS, ["--debug"], r"Time Step (\d+)", "Hopper-v4", ""),
+    "intentional_ac.py": ("stream_ac", STREAM_FLAGS, ["--debug"], r"Time Step (\d+)", "Hopper-v4",
+                          "--optimizer intentional"),
+    "intentional_q_minatar.py": ("stream_q", STREAM_FLAGS, ["--debug"], r"Time Step (\d+)", "MinAtar/Breakout-v1",
+                                 "--optimizer intentional"),
 }
 
 
@@ -167,17 +173,16 @@ def find_references(folders):
     found = []
     for folder in folders:
         folder = Path(folder).expanduser().resolve()
-        hits = [algo for algo, (name, *_) in REFERENCES.items() if (folder / name).is_file()]
+        hits = [name for name in REFERENCES if (folder / name).is_file()]
         if not hits:
-            raise BenchError(f"{folder} holds none of the released scripts bench.py knows "
-                             f"({', '.join(r[0] for r in REFERENCES.values())})")
-        found += [(algo, folder) for algo in hits]
+            raise BenchError(f"{folder} holds none of the released scripts bench.py knows ({', '.join(REFERENCES)})")
+        found += [(name, folder) for name in hits]
     return found
 
 
-def measure_reference(algo, folder, args, workdir):
+def measure_reference(script, folder, args, workdir):
     """Theirs and ours, one after the other on the same CPU, timed the same way."""
-    script, budget, flags, pattern, env_id = REFERENCES[algo]
+    algo, budget, flags, pattern, env_id, ours = REFERENCES[script]
     env_id = args.env or env_id
     steps, warmup = args.reference_steps, args.reference_steps // 5
     launcher = Path(workdir) / "reference_launcher.py"
@@ -187,9 +192,10 @@ def measure_reference(algo, folder, args, workdir):
     if code != 0:
         raise BenchError(f"{folder / script} failed ({code}): {stderr.strip().splitlines()[-1:]}")
     theirs = throughput(lines, pattern, warmup)
-    _, our_lines, our_rss, _ = run_ours(algo, "on", args, workdir, steps, warmup, env_id, tag="_vs_reference")
+    _, our_lines, our_rss, _ = run_ours(algo, "on", args, workdir, steps, warmup, env_id, f"_vs_{script[:-3]}", ours)
     ours = throughput(our_lines, r"global_step=(\d+)", warmup)
-    return {"env": env_id, "script": f"{folder.name}/{script}", "steps": steps, "theirs_sps": theirs,
+    return {"algo": f"{algo}.py {ours}".strip(), "env": env_id, "script": f"{folder.name}/{script}", "steps": steps,
+            "theirs_sps": theirs,
             "ours_sps": ours, "theirs_rss": theirs_rss, "ours_rss": our_rss}
 
 
@@ -228,7 +234,8 @@ def main(argv=None):
     args.variants = [tuple(v.split("=", 1)) for v in args.variants] or [("", "")]
     rows, references = [], []
     try:
-        pairs = [(algo, folder) for algo, folder in find_references(args.reference) if algo in args.algos]
+        pairs = [(name, folder) for name, folder in find_references(args.reference)
+                 if REFERENCES[name][0] in args.algos]
         with tempfile.TemporaryDirectory() as workdir:
             for algo in args.algos:
                 for mode in args.modes:
@@ -243,9 +250,9 @@ def main(argv=None):
                         best = {k: (float(np.median([r[k] for r in runs])) if isinstance(runs[0][k], float)
                                     else runs[0][k]) for k in runs[0]}
                         rows.append((algo, mode, {**best, "variant": name, "runs": len(runs)}))
-            for algo, folder in pairs:
-                print(f"measuring {folder / REFERENCES[algo][0]} beside {algo}.py ...", file=sys.stderr, flush=True)
-                references.append((algo, measure_reference(algo, folder, args, workdir)))
+            for name, folder in pairs:
+                print(f"measuring {folder / name} beside {REFERENCES[name][0]}.py ...", file=sys.stderr, flush=True)
+                references.append(measure_reference(name, folder, args, workdir))
     except BenchError as e:
         print(f"bench.py: error: {e}", file=sys.stderr)
         return 1
@@ -301,8 +308,8 @@ def print_tables(args, rows, references):
         print("\n| ours | released script | environment | steps | ours (steps/s) | released (steps/s) | ratio "
               "| ours peak RSS (MB) | released peak RSS (MB) |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for algo, r in references:
-            print(f"| {algo}.py (compiled) | {r['script']} | {r['env']} | {r['steps']} | {r['ours_sps']:.0f} | "
+        for r in references:
+            print(f"| {r['algo']} (compiled) | {r['script']} | {r['env']} | {r['steps']} | {r['ours_sps']:.0f} | "
                   f"{r['theirs_sps']:.0f} | {r['ours_sps'] / r['theirs_sps']:.1f}x | {r['ours_rss']:.0f} | "
                   f"{r['theirs_rss']:.0f} |")
 
