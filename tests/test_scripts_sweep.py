@@ -265,3 +265,30 @@ def test_recipes_with_their_own_seeds_budgets_and_environments_per_variant(tmp_p
     assert all(("--pixels" in c) == ("-pixels" in c) and "--total-timesteps 100000 " in c for c in commands)
     assert all(("--no-proprio" in c) == ("pixels-only" in c) and ("--action-repeat 4" in c) == ("repeat4" in c)
                for c in commands)
+
+
+def test_the_continual_and_intentional_recipes(tmp_path):
+    """continual.py: 6 long runs per seed (two algorithms x plain, UPGD, CBP), 10 fresh learners per algorithm on
+    seed 1's frictions, each for one segment; intentional.py --fidelity: the runs beside the authors'."""
+    code, out = run([sys.executable, str(EXPERIMENTS / "continual.py"), "--dry-run"], tmp_path)
+    assert code == 0, out
+    commands = [ln for ln in out.splitlines() if "OMP_NUM_THREADS=1" in ln]
+    long = [c for c in commands if "fresh" not in c]
+    fresh = [c for c in commands if "fresh" in c]
+    assert len(long) == 18 and all("--total-timesteps 10000000 " in c and "change_every=1000000" in c for c in long)
+    assert sum("--upgd" in c for c in long) == 6 and sum("--reinit cbp" in c for c in long) == 6
+    assert len(fresh) == 20 and all("--seed 1 " in c and "--total-timesteps 1000000 " in c for c in fresh)
+    assert {c.split("segment=")[1].split()[0] for c in fresh} == {str(k) for k in range(10)}
+    ant = ["--envs", "SlipperyAnt-v0", "--budget", "20e6", "--change-every", "2e6", "--num-seeds", "1"]
+    code, out = run([sys.executable, str(EXPERIMENTS / "continual.py"), "--dry-run", *ant, "--only", "avg", "avg-cbp"],
+                    tmp_path)
+    commands = [ln for ln in out.splitlines() if "OMP_NUM_THREADS=1" in ln]
+    assert code == 0 and len(commands) == 2 and all("change_every=2000000" in c for c in commands), out
+    code, out = run([sys.executable, str(EXPERIMENTS / "continual.py"), "--dry-run", "--only", "nope"], tmp_path)
+    assert code == 2 and "continual.py: error: --only: no experiment named nope" in out
+    code, out = run([sys.executable, str(EXPERIMENTS / "intentional.py"), "--fidelity", "--dry-run"], tmp_path)
+    commands = [ln for ln in out.splitlines() if "OMP_NUM_THREADS=1" in ln]
+    runs = sorted(c.split("--run-name ")[1].split()[0] for c in commands)
+    mujoco = [f"{env}__intentional_ac-notime__{s}" for env in ("Hopper-v4", "HalfCheetah-v4") for s in (1, 2, 3)]
+    assert code == 0 and runs == sorted(mujoco + [f"MinAtar-Breakout-v1__intentional_q__{s}" for s in (1, 2)])
+    assert all("--optimizer intentional" in c and "--total-timesteps 1000000 " in c for c in commands)
