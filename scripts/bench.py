@@ -182,7 +182,7 @@ def find_references(folders):
 
 def measure_reference(script, folder, args, workdir):
     """Theirs and ours, one after the other on the same CPU, timed the same way."""
-    algo, budget, flags, pattern, env_id, ours = REFERENCES[script]
+    algo, budget, flags, pattern, env_id, our_flags = REFERENCES[script]
     env_id = args.env or env_id
     steps, warmup = args.reference_steps, args.reference_steps // 5
     launcher = Path(workdir) / "reference_launcher.py"
@@ -192,10 +192,11 @@ def measure_reference(script, folder, args, workdir):
     if code != 0:
         raise BenchError(f"{folder / script} failed ({code}): {stderr.strip().splitlines()[-1:]}")
     theirs = throughput(lines, pattern, warmup)
-    _, our_lines, our_rss, _ = run_ours(algo, "on", args, workdir, steps, warmup, env_id, f"_vs_{script[:-3]}", ours)
+    _, our_lines, our_rss, _ = run_ours(algo, "on", args, workdir, steps, warmup, env_id, f"_vs_{script[:-3]}",
+                                        our_flags)
     ours = throughput(our_lines, r"global_step=(\d+)", warmup)
-    return {"algo": f"{algo}.py {ours}".strip(), "env": env_id, "script": f"{folder.name}/{script}", "steps": steps,
-            "theirs_sps": theirs,
+    return {"algo": f"{algo}.py {our_flags}".strip(), "env": env_id, "script": f"{folder.name}/{script}",
+            "steps": steps, "theirs_sps": theirs,
             "ours_sps": ours, "theirs_rss": theirs_rss, "ours_rss": our_rss}
 
 
