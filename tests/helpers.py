@@ -84,3 +84,20 @@ def assert_states_close(expected, actual, rtol=1e-3, atol=1e-5):
     assert list(expected.state_dict()) == list(actual.state_dict())
     for (name, p), q in zip(expected.state_dict().items(), actual.state_dict().values()):
         torch.testing.assert_close(q, p, rtol=rtol, atol=atol, msg=name)
+
+
+def cut_and_resume(script, *args, cwd):
+    """Runs `script args` whole (run "whole"), and again killed with SIGKILL after its first checkpoint (checkpoints
+    every 200 steps) then resumed (run "cut"); asserts each step went as it should and returns both saved models, for
+    the exact-resume tests. args must include --save-model."""
+    import signal
+
+    whole = run_script(script, *args, "--run-name", "whole", cwd=cwd)
+    assert whole.returncode == 0, whole.stderr
+    assert kill_after_first_checkpoint(script, *args, "--run-name", "cut", "--checkpoint-every", 200,
+                                       run_dir=Path(cwd) / "runs" / "cut", cwd=cwd) == -signal.SIGKILL
+    resumed = run_script(script, "--resume", Path(cwd) / "runs" / "cut", cwd=cwd)
+    assert resumed.returncode == 0, resumed.stderr
+    name = Path(script).stem
+    models = [torch.load(Path(cwd) / "runs" / run / f"{name}.model", weights_only=False) for run in ("whole", "cut")]
+    return whole, models

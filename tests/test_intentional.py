@@ -2,15 +2,13 @@
 loop written from the definition in the authors' sign convention (gradients of -V, a step that subtracts); then the
 scripts with --optimizer intentional: compiled = eager, exact resume after kill -9, bad values in one line, and
 Intentional Q(lambda) learning CartPole."""
-import signal
-
 import numpy as np
 import pytest
 import torch
 
 import stream_ac
 import stream_q
-from helpers import assert_states_close, kill_after_first_checkpoint, run_script, scalars
+from helpers import assert_states_close, cut_and_resume, run_script, scalars
 from incremental_utils.compiling import CompiledUpdate, compile_update
 from incremental_utils.optimizers import Intentional
 
@@ -141,15 +139,8 @@ def test_intentional_q_compiled_matches_eager(sarsa):
 def test_an_intentional_run_resumes_exactly_after_kill_9(tmp_path, algo, env):
     common = ["--env", env, "--total-timesteps", 600, "--seed", 3, "--compile", "off", "--save-model",
               "--optimizer", "intentional", "--log-every", 100, "--plasticity-every", 100]
-    whole = run_script(f"{algo}.py", *common, "--run-name", "whole", cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr
+    whole, (a, b) = cut_and_resume(f"{algo}.py", *common, cwd=tmp_path)
     assert "intentional defaults" in whole.stdout
-    assert kill_after_first_checkpoint(f"{algo}.py", *common, "--run-name", "cut", "--checkpoint-every", 200,
-                                       run_dir=tmp_path / "runs" / "cut", cwd=tmp_path) == -signal.SIGKILL
-    resumed = run_script(f"{algo}.py", "--resume", tmp_path / "runs" / "cut", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    a = torch.load(tmp_path / "runs" / "whole" / f"{algo}.model", weights_only=False)
-    b = torch.load(tmp_path / "runs" / "cut" / f"{algo}.model", weights_only=False)
     parts = ["actor", "critic"] if algo == "stream_ac" else ["q_net"]
     assert parts and all(torch.equal(a[p][n], b[p][n]) for p in parts for n in a[p])
     logs = scalars(tmp_path / "runs" / "whole")

@@ -5,7 +5,6 @@ backprop's replacement against a numpy account of which unit goes and what it le
 remedies on: compiled = eager, and a resume after kill -9 that reproduces the uninterrupted run."""
 import copy
 import math
-import signal
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import torch
 
 import avg
 import stream_ac
-from helpers import assert_states_close, kill_after_first_checkpoint, run_script, scalars
+from helpers import assert_states_close, cut_and_resume, run_script, scalars
 from incremental_utils.compiling import CompiledUpdate, compile_update
 from incremental_utils.optimizers import Adam, ObGD
 from incremental_utils.plasticity import (ContinualBackprop, PlasticityProbe, dormant_fraction, effective_rank,
@@ -57,7 +56,8 @@ def test_hidden_activations_are_what_each_next_layer_reads():
     ln = stream_ac.trunk((7,), 16)
     g1 = torch.nn.functional.leaky_relu(torch.nn.functional.layer_norm(ln[0](x), (16,)))
     torch.testing.assert_close(hidden_activations(ln, x)[0], g1)
-    assert hidden_layers(trunk, ("mu", "log_std"), "trunk") == [("trunk.0", ["trunk.2"]), ("trunk.2", ["mu", "log_std"])]
+    assert hidden_layers(trunk, ("mu", "log_std"), "trunk") == [("trunk.0", ["trunk.2"]),
+                                                                ("trunk.2", ["mu", "log_std"])]
 
 
 def test_the_probe_keeps_the_latest_window_and_reports_against_numpy():
@@ -337,20 +337,14 @@ def test_a_run_with_the_remedies_resumes_exactly_after_kill_9(tmp_path, algo):
     common = ["--env", "faulty_envs:Point-v0", "--total-timesteps", 600, "--seed", 3, "--compile", "off",
               "--save-model", "--upgd", "--reinit", "cbp", "--maturity-threshold", 50, "--replacement-rate", 0.01,
               "--plasticity-every", 100, "--log-every", 100]
-    whole = run_script(f"{algo}.py", *common, "--run-name", "whole", cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr
-    assert kill_after_first_checkpoint(f"{algo}.py", *common, "--run-name", "cut", "--checkpoint-every", 200,
-                                       run_dir=tmp_path / "runs" / "cut", cwd=tmp_path) == -signal.SIGKILL
-    resumed = run_script(f"{algo}.py", "--resume", tmp_path / "runs" / "cut", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    a = torch.load(tmp_path / "runs" / "whole" / f"{algo}.model", weights_only=False)
-    b = torch.load(tmp_path / "runs" / "cut" / f"{algo}.model", weights_only=False)
+    _, (a, b) = cut_and_resume(f"{algo}.py", *common, cwd=tmp_path)
     for part in ("actor", "critic"):
         for name in a[part]:
             assert torch.equal(a[part][name], b[part][name]), (part, name)
     logs = scalars(tmp_path / "runs" / "whole")
     assert logs["plasticity/actor_units_replaced"][-1][1] > 0
-    assert {"plasticity/actor_dormant_1", "plasticity/critic_effective_rank", "plasticity/actor_update_norm"} <= set(logs)
+    assert {"plasticity/actor_dormant_1", "plasticity/critic_effective_rank",
+            "plasticity/actor_update_norm"} <= set(logs)
 
 
 @pytest.mark.parametrize("algo, flags, message", [
