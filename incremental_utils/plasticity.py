@@ -64,7 +64,7 @@ def effective_rank(features):
 
 def mean_abs_weights(network):
     """{layer name: mean |w|} over the weights of every Linear and Conv2d layer of `network`."""
-    return {name: float(layer.weight.abs().mean()) for name, layer in network.named_modules()
+    return {name: float(layer.weight.detach().abs().mean()) for name, layer in network.named_modules()
             if isinstance(layer, (nn.Linear, nn.Conv2d))}
 
 
