@@ -4,6 +4,8 @@ friction every 1M steps, 10 frictions in 10M steps), each plain, with UPGD (--up
 frictions (--env-kwargs segment=K), the plasticity reference: does the continuing learner do as well on segment K as a
 new one would? Every run logs the plasticity/ diagnostics (docs/algorithms.md 10) and checkpoints every 500k steps, so
 a stopped sweep resumes. The table scores each run per 1M-step segment; docs/results.md ("Continual learning") reads it.
+scripts/plot_continual.py draws the return and the diagnostics with the changes marked, the fresh learners in their
+segments, and tabulates each segment's continuing learners beside its fresh one.
 
     python scripts/experiments/continual.py --jobs 1                   # tens of core-hours
     python scripts/experiments/continual.py --dry-run                  # the exact commands
