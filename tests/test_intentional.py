@@ -82,6 +82,22 @@ def test_a_step_that_is_not_ok_changes_nothing():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_checkpoint_without_the_running_products_loads_them_from_the_step_count():
+    """Checkpoints written before beta^t became running products hold only `steps`; loading fills the products."""
+    net = torch.nn.Linear(2, 1).requires_grad_(False)
+    opt = Intentional(net, 0.05, 0.8, normalize_delta=True)
+    params = dict(net.named_parameters())
+    for t in range(25):
+        grads = {k: torch.full_like(p, 0.1 * (t + 1)) for k, p in params.items()}
+        opt.apply(params, opt.propose(grads, torch.tensor(1.0 - 0.1 * t), params=params), torch.tensor(True))
+    old = {k: v for k, v in opt.state_dict().items() if not k.endswith("_power")}
+    fresh = Intentional(torch.nn.Linear(2, 1), 0.05, 0.8, normalize_delta=True)
+    fresh.load_state_dict(old)
+    for name, base in (("beta2_power", 0.999), ("decay_power", 0.8), ("clip_power", 0.9998), ("norm_power", 0.9998)):
+        assert getattr(fresh, name).item() == pytest.approx(base ** 25, rel=1e-12)
+        assert getattr(fresh, name).item() == pytest.approx(getattr(opt, name).item(), rel=1e-12)
+
+
 # --------------------------------------------------------------------------------------------------- scripts
 def test_intentional_ac_compiled_matches_eager():
     def learner():
